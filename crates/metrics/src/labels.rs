@@ -1,0 +1,246 @@
+//! Label sets and the fixed vocabularies of label values.
+//!
+//! Field names are the label names of [`crate::spec::label`]; a unit test renders each set and
+//! compares.
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use std::fmt::Write;
+
+use crate::caps::Name;
+
+/// Implements `EncodeLabelValue` through an `as_str` method.
+macro_rules! label_value {
+    ($ty:ty) => {
+        impl EncodeLabelValue for $ty {
+            fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+                encoder.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+/// How the client reached the meter for this request.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum Protocol {
+    /// An HTTP/1.x request in absolute form.
+    Http1,
+    /// An HTTP/2 request (h2c, prior knowledge).
+    H2,
+    /// A tunnel: CONNECT over HTTP/1.1 or an HTTP/2 CONNECT stream.
+    Connect,
+}
+
+impl Protocol {
+    pub const ALL: [Protocol; 3] = [Protocol::Http1, Protocol::H2, Protocol::Connect];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Http1 => "http1",
+            Protocol::H2 => "h2",
+            Protocol::Connect => "connect",
+        }
+    }
+}
+label_value!(Protocol);
+
+/// The class of the status the client received, or `error` when none could be given.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum StatusClass {
+    Informational,
+    Success,
+    Redirection,
+    ClientError,
+    ServerError,
+    /// The request failed before a status reached the client (it went away, or the vendor leg
+    /// failed after the response started).
+    Error,
+}
+
+impl StatusClass {
+    pub fn of(status: u16) -> StatusClass {
+        match status {
+            100..=199 => StatusClass::Informational,
+            200..=299 => StatusClass::Success,
+            300..=399 => StatusClass::Redirection,
+            400..=499 => StatusClass::ClientError,
+            500..=599 => StatusClass::ServerError,
+            _ => StatusClass::Error,
+        }
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StatusClass::Informational => "1xx",
+            StatusClass::Success => "2xx",
+            StatusClass::Redirection => "3xx",
+            StatusClass::ClientError => "4xx",
+            StatusClass::ServerError => "5xx",
+            StatusClass::Error => "error",
+        }
+    }
+}
+label_value!(StatusClass);
+
+/// Why the vendor leg failed. Each value has one HTTP status toward the client (see the meter).
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum UpstreamErrorReason {
+    /// The vendor (or, for `direct`, the destination) refused the TCP connection.
+    ConnectRefused,
+    /// The TCP connection was not established within the connect timeout.
+    ConnectTimeout,
+    /// A `direct` destination name did not resolve.
+    Resolve,
+    /// The vendor answered 407: the meter's vendor credentials are wrong or missing.
+    VendorAuth,
+    /// The vendor answered a CONNECT with a non-2xx status.
+    TunnelRefused,
+    /// The vendor reset or closed the connection mid-exchange.
+    Reset,
+    /// The vendor did not answer within the response timeout.
+    Timeout,
+    /// The vendor sent something that is not valid HTTP.
+    Protocol,
+    /// An idle tunnel was closed by the tunnel idle timeout.
+    TunnelIdle,
+}
+
+impl UpstreamErrorReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UpstreamErrorReason::ConnectRefused => "connect_refused",
+            UpstreamErrorReason::ConnectTimeout => "connect_timeout",
+            UpstreamErrorReason::Resolve => "resolve",
+            UpstreamErrorReason::VendorAuth => "vendor_auth",
+            UpstreamErrorReason::TunnelRefused => "tunnel_refused",
+            UpstreamErrorReason::Reset => "reset",
+            UpstreamErrorReason::Timeout => "timeout",
+            UpstreamErrorReason::Protocol => "protocol",
+            UpstreamErrorReason::TunnelIdle => "tunnel_idle",
+        }
+    }
+}
+label_value!(UpstreamErrorReason);
+
+/// Why the meter refused a client request before forwarding anything.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum RejectReason {
+    /// Malformed request, or a request form a forward proxy does not serve.
+    BadRequest,
+    /// The vendor named by the header or username is not configured.
+    UnknownVendor,
+    /// No vendor could be chosen (no header, no mapping, no default).
+    NoVendor,
+    /// Client credentials are required but missing.
+    AuthRequired,
+    /// Client credentials are wrong.
+    AuthFailed,
+    /// The client's address is not in the allowed sources.
+    SourceNotAllowed,
+    /// The destination port is not allowed for this kind of request.
+    PortNotAllowed,
+    /// The destination is a loopback, private, link-local or otherwise refused address.
+    DestinationNotAllowed,
+    /// The connection limit is reached.
+    Overloaded,
+    /// The meter is draining for shutdown.
+    ShuttingDown,
+}
+
+impl RejectReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RejectReason::BadRequest => "bad_request",
+            RejectReason::UnknownVendor => "unknown_vendor",
+            RejectReason::NoVendor => "no_vendor",
+            RejectReason::AuthRequired => "auth_required",
+            RejectReason::AuthFailed => "auth_failed",
+            RejectReason::SourceNotAllowed => "source_not_allowed",
+            RejectReason::PortNotAllowed => "port_not_allowed",
+            RejectReason::DestinationNotAllowed => "destination_not_allowed",
+            RejectReason::Overloaded => "overloaded",
+            RejectReason::ShuttingDown => "shutting_down",
+        }
+    }
+}
+label_value!(RejectReason);
+
+/// What the client spoke inside a tunnel, from its first bytes.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum TunnelInner {
+    /// TLS whose ClientHello offers `h2`.
+    TlsH2,
+    /// TLS offering `http/1.1` but not `h2`.
+    TlsHttp1,
+    /// TLS offering other protocols, or no ALPN at all.
+    TlsOther,
+    /// Not TLS (plain TCP, HTTP, ...).
+    NotTls,
+    /// Nothing conclusive arrived before the sniff timeout, or the hello was malformed.
+    Unknown,
+}
+
+impl TunnelInner {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TunnelInner::TlsH2 => "tls_h2",
+            TunnelInner::TlsHttp1 => "tls_http1",
+            TunnelInner::TlsOther => "tls_other",
+            TunnelInner::NotTls => "not_tls",
+            TunnelInner::Unknown => "unknown",
+        }
+    }
+}
+label_value!(TunnelInner);
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PodLabels {
+    pub proxy_vendor: Name,
+    pub source_namespace: Name,
+    pub source_pod: Name,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub proxy_vendor: Name,
+    pub source_namespace: Name,
+    pub source_pod: Name,
+    pub protocol: Protocol,
+    pub status_class: StatusClass,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DestinationLabels {
+    pub proxy_vendor: Name,
+    pub destination: Name,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LatencyLabels {
+    pub proxy_vendor: Name,
+    pub protocol: Protocol,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UpstreamErrorLabels {
+    pub proxy_vendor: Name,
+    pub reason: UpstreamErrorReason,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RejectLabels {
+    pub reason: RejectReason,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VendorLabels {
+    pub proxy_vendor: Name,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TunnelLabels {
+    pub proxy_vendor: Name,
+    pub inner: TunnelInner,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BuildLabels {
+    pub version: Name,
+}

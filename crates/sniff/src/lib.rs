@@ -1,0 +1,21 @@
+//! Pure parsers for the untrusted bytes a metering proxy must classify before it forwards anything.
+//!
+//! Everything here is synchronous, allocation-bounded and free of IO so that it can be fuzzed
+//! (`fuzz/`) and property-tested; the proxy crate owns the sockets and the timeouts. The main
+//! trade-off: the parsers are strict (a CONNECT target must be `host:port` with a DNS-shaped host
+//! or an IP literal) because a lenient parser is where SSRF and header-injection bugs hide, and a
+//! crawler never needs anything outside that grammar.
+//!
+//! - [`authority`]: CONNECT targets and URI hosts, with the WHATWG IPv4 number forms
+//!   (`2130706433`, `0x7f.1`) recognised as the addresses they are.
+//! - [`client_hello`]: an incremental TLS ClientHello reader yielding SNI and ALPN.
+//! - [`destination`]: the bounded `destination` label value of a host (registrable domain).
+//! - [`net`]: CIDR blocks and the address classes a proxy must refuse by default.
+
+pub mod authority;
+pub mod client_hello;
+pub mod destination;
+pub mod net;
+
+pub use authority::{Authority, AuthorityError, Host};
+pub use client_hello::{ClientHello, Sniff};

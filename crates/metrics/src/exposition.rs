@@ -72,9 +72,7 @@ pub fn parse(text: &str) -> Result<Vec<Sample>, ParseError> {
 }
 
 fn parse_line(line: &str) -> Result<Sample, &'static str> {
-    let name_end = line
-        .find(|c: char| c == '{' || c == ' ')
-        .ok_or("sample without value")?;
+    let name_end = line.find(['{', ' ']).ok_or("sample without value")?;
     let name = &line[..name_end];
     if name.is_empty() {
         return Err("empty metric name");

@@ -84,11 +84,11 @@ fn reassemble(buf: &[u8]) -> Reassembly {
     let mut handshake = Vec::new();
     let mut rest = buf;
     loop {
-        if let Some(needed) = hello_len(&handshake) {
-            if handshake.len() >= needed {
-                handshake.truncate(needed);
-                return Reassembly::Hello(handshake.split_off(4));
-            }
+        if let Some(needed) = hello_len(&handshake)
+            && handshake.len() >= needed
+        {
+            handshake.truncate(needed);
+            return Reassembly::Hello(handshake.split_off(4));
         }
         if handshake
             .first()

@@ -1,0 +1,292 @@
+//! The configuration file as written: serde structs with the documented defaults.
+//!
+//! Values that need parsing (addresses, durations, CIDR blocks, URLs) are kept as strings here
+//! and converted in [`crate::validate`], so that one pass can report every bad value with its
+//! key path instead of stopping at the first. `docs/configuration.md` documents every key; a
+//! test checks that each key of [`RawConfig`] appears there.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawConfig {
+    /// Client-facing proxy listeners.
+    pub listeners: Vec<RawListener>,
+    pub admin: RawAdmin,
+    pub vendors: Vec<RawVendor>,
+    pub routing: RawRouting,
+    pub clients: RawClients,
+    pub identity: RawIdentity,
+    pub metrics: RawMetrics,
+    pub security: RawSecurity,
+    pub limits: RawLimits,
+    pub shutdown: RawShutdown,
+    pub access_log: RawAccessLog,
+}
+
+impl Default for RawConfig {
+    fn default() -> Self {
+        RawConfig {
+            listeners: vec![RawListener::default()],
+            admin: RawAdmin::default(),
+            vendors: Vec::new(),
+            routing: RawRouting::default(),
+            clients: RawClients::default(),
+            identity: RawIdentity::default(),
+            metrics: RawMetrics::default(),
+            security: RawSecurity::default(),
+            limits: RawLimits::default(),
+            shutdown: RawShutdown::default(),
+            access_log: RawAccessLog::default(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawListener {
+    /// `ip:port` to accept crawler connections on (HTTP/1.1 and h2c on the same port).
+    pub address: String,
+    /// Dedicates the listener to one vendor: every request on it goes there.
+    pub vendor: Option<String>,
+}
+
+impl Default for RawListener {
+    fn default() -> Self {
+        RawListener {
+            address: "127.0.0.1:3128".into(),
+            vendor: None,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawAdmin {
+    /// `ip:port` of `/metrics`, `/healthz` and `/readyz`.
+    pub address: String,
+}
+
+impl Default for RawAdmin {
+    fn default() -> Self {
+        RawAdmin {
+            address: "127.0.0.1:9464".into(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawVendor {
+    /// The `proxy_vendor` label value and the name clients select it by.
+    pub name: String,
+    /// `http_proxy` (an upstream HTTP proxy) or `direct` (no proxy; for baselines and tests).
+    pub kind: Option<String>,
+    /// `http://host:port` of the vendor's proxy endpoint (`http_proxy` only).
+    pub url: Option<String>,
+    /// Basic-auth username toward the vendor.
+    pub username: Option<String>,
+    /// Environment variable holding the vendor password.
+    pub password_env: Option<String>,
+    /// File holding the vendor password (a trailing newline is ignored).
+    pub password_file: Option<String>,
+    /// Send the client's own `Proxy-Authorization` to this vendor instead of the configured
+    /// credentials.
+    pub forward_client_credentials: bool,
+    /// Idle keep-alive connections kept to this vendor for plain-HTTP requests.
+    pub max_idle_connections: Option<usize>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawRouting {
+    /// Request header naming the vendor (removed before forwarding); empty turns it off.
+    pub vendor_header: String,
+    /// Client `Proxy-Authorization` username → vendor name.
+    pub usernames: BTreeMap<String, String>,
+    /// Vendor for requests that name none. Exclusive with `weights`.
+    pub default_vendor: Option<String>,
+    /// Vendor name → weight, for requests that name none. Exclusive with `default_vendor`.
+    pub weights: BTreeMap<String, u32>,
+}
+
+impl Default for RawRouting {
+    fn default() -> Self {
+        RawRouting {
+            vendor_header: "X-Proxy-Vendor".into(),
+            usernames: BTreeMap::new(),
+            default_vendor: None,
+            weights: BTreeMap::new(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawClients {
+    /// Environment variable holding the password clients must send (Basic, any username).
+    pub password_env: Option<String>,
+    /// File holding that password.
+    pub password_file: Option<String>,
+    /// CIDR blocks clients may connect from; empty means any.
+    pub allowed_sources: Vec<String>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawIdentity {
+    /// Where `source_namespace` / `source_pod` come from: `environment` (the Downward API
+    /// variables below, for a sidecar), `proxy_username` (`namespace/pod` or `pod` in the
+    /// client's Proxy-Authorization username, for a shared meter) or `none`.
+    pub from: String,
+    /// Variable holding the pod name when `from: environment`.
+    pub pod_env: String,
+    /// Variable holding the namespace when `from: environment`.
+    pub namespace_env: String,
+    /// Namespace for `proxy_username` identities that carry none.
+    pub default_namespace: String,
+}
+
+impl Default for RawIdentity {
+    fn default() -> Self {
+        RawIdentity {
+            from: "environment".into(),
+            pod_env: "POD_NAME".into(),
+            namespace_env: "POD_NAMESPACE".into(),
+            default_namespace: "unknown".into(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawMetrics {
+    /// `registrable_domain` (eTLD+1), `host` (full host name) or `off` (no destination families).
+    pub destination_label: String,
+    /// Distinct destinations per vendor before the rest fold into `other`.
+    pub max_destinations_per_vendor: usize,
+    /// Distinct (namespace, pod) identities before the rest fold into `other`.
+    pub max_pods: usize,
+}
+
+impl Default for RawMetrics {
+    fn default() -> Self {
+        RawMetrics {
+            destination_label: "registrable_domain".into(),
+            max_destinations_per_vendor: 100,
+            max_pods: 1000,
+        }
+    }
+}
+
+/// A port (`443`) or an inclusive range (`"1024-65535"`).
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(untagged)]
+pub enum RawPorts {
+    One(u32),
+    Range(String),
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawSecurity {
+    /// Ports CONNECT may reach.
+    pub connect_ports: Vec<RawPorts>,
+    /// Ports absolute-form `http://` requests may reach.
+    pub http_ports: Vec<RawPorts>,
+    /// CIDR blocks exempt from the refusal of loopback, private, link-local and other
+    /// non-public destination addresses.
+    pub allowed_private_destinations: Vec<String>,
+}
+
+impl Default for RawSecurity {
+    fn default() -> Self {
+        RawSecurity {
+            connect_ports: vec![RawPorts::One(443)],
+            http_ports: vec![RawPorts::One(80), RawPorts::Range("1024-65535".into())],
+            allowed_private_destinations: Vec::new(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawLimits {
+    /// Client connections served at once; more are answered 503 and closed.
+    pub max_connections: usize,
+    /// Largest request head (request line and headers) in bytes; HTTP/1.1 answers 431 above it.
+    pub max_header_bytes: usize,
+    /// Most request header fields (HTTP/1.1).
+    pub max_headers: usize,
+    /// Time to receive a request head, counted from when the connection waits for one (so also
+    /// the keep-alive idle timeout of HTTP/1.1 client connections).
+    pub header_read_timeout: String,
+    /// A client connection with no bytes read or written for this long is closed.
+    pub client_idle_timeout: String,
+    /// Time to establish the TCP connection to a vendor (or destination, for `direct`).
+    pub connect_timeout: String,
+    /// Time from sending a request (or CONNECT) to the vendor's response head.
+    pub response_timeout: String,
+    /// A tunnel with no bytes in either direction for this long is closed.
+    pub tunnel_idle_timeout: String,
+    /// How long a tunnel's first client bytes are awaited to read SNI and ALPN; the tunnel
+    /// carries on unsniffed afterwards.
+    pub sniff_timeout: String,
+    /// Concurrent streams per HTTP/2 client connection.
+    pub h2_max_concurrent_streams: u32,
+    /// Idle keep-alive connections kept per vendor, unless the vendor sets its own.
+    pub vendor_max_idle_connections: usize,
+    /// Idle vendor connections older than this are closed instead of reused.
+    pub vendor_idle_timeout: String,
+}
+
+impl Default for RawLimits {
+    fn default() -> Self {
+        RawLimits {
+            max_connections: 10_000,
+            max_header_bytes: 64 * 1024,
+            max_headers: 100,
+            header_read_timeout: "30s".into(),
+            client_idle_timeout: "120s".into(),
+            connect_timeout: "10s".into(),
+            response_timeout: "60s".into(),
+            tunnel_idle_timeout: "300s".into(),
+            sniff_timeout: "2s".into(),
+            h2_max_concurrent_streams: 256,
+            vendor_max_idle_connections: 64,
+            vendor_idle_timeout: "60s".into(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawShutdown {
+    /// After SIGTERM: how long in-flight requests and tunnels may take to finish.
+    pub grace_period: String,
+    /// After draining: how long `/metrics` stays up for a last scrape before exit.
+    pub final_scrape_delay: String,
+}
+
+impl Default for RawShutdown {
+    fn default() -> Self {
+        RawShutdown {
+            grace_period: "30s".into(),
+            final_scrape_delay: "0s".into(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawAccessLog {
+    /// One JSON line per request and tunnel on standard output.
+    pub enabled: bool,
+}
+
+impl Default for RawAccessLog {
+    fn default() -> Self {
+        RawAccessLog { enabled: true }
+    }
+}

@@ -1,0 +1,749 @@
+//! [`RawConfig`] → [`MeterConfig`], collecting every error with its key path.
+
+use secrecy::SecretString;
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use crate::raw::*;
+use crate::*;
+
+/// hyper's HTTP/1 read buffer cannot be smaller than 8 KiB (its `max_buf_size` minimum).
+const MIN_HEADER_BYTES: usize = 8 * 1024;
+
+#[derive(Default)]
+struct Errors(Vec<ConfigError>);
+
+impl Errors {
+    fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.0.push(ConfigError {
+            path: path.into(),
+            message: message.into(),
+        });
+    }
+
+    /// Records the error of `result` under `path` and yields its value, if any.
+    fn check<T, E: std::fmt::Display>(&mut self, path: &str, result: Result<T, E>) -> Option<T> {
+        match result {
+            Ok(v) => Some(v),
+            Err(e) => {
+                self.push(path, e.to_string());
+                None
+            }
+        }
+    }
+}
+
+pub(crate) fn validate(raw: &RawConfig, env: &Env) -> Result<MeterConfig, ConfigErrors> {
+    let mut errors = Errors::default();
+    let vendors = vendors(&raw.vendors, env, &mut errors);
+    let names: HashMap<&str, VendorIndex> = raw
+        .vendors
+        .iter()
+        .enumerate()
+        .map(|(i, v)| (v.name.as_str(), i))
+        .collect();
+    let vendor_ref = |errors: &mut Errors, path: &str, name: &str| -> Option<VendorIndex> {
+        let found = names.get(name).copied();
+        if found.is_none() {
+            errors.push(path, format!("no vendor is named '{name}'"));
+        }
+        found
+    };
+
+    let clients = clients(&raw.clients, env, &mut errors);
+    let mut listeners = Vec::new();
+    let mut seen = HashSet::new();
+    if raw.listeners.is_empty() {
+        errors.push("listeners", "at least one listener is required");
+    }
+    for (i, l) in raw.listeners.iter().enumerate() {
+        let path = format!("listeners[{i}]");
+        let address = errors.check(&format!("{path}.address"), parse_addr(&l.address));
+        let vendor = l
+            .vendor
+            .as_deref()
+            .and_then(|v| vendor_ref(&mut errors, &format!("{path}.vendor"), v));
+        if let Some(address) = address {
+            if !seen.insert(address) {
+                errors.push(format!("{path}.address"), "address is used twice");
+            }
+            let open = clients.password.is_none() && clients.allowed_sources.is_empty();
+            if !address.ip().is_loopback() && open {
+                errors.push(
+                    format!("{path}.address"),
+                    "a listener on a non-loopback address needs clients.password_env, \
+                     clients.password_file or clients.allowed_sources (no open proxy)",
+                );
+            }
+            listeners.push(ListenerConfig { address, vendor });
+        }
+    }
+    let admin_address = errors.check("admin.address", parse_addr(&raw.admin.address));
+
+    let routing = routing(&raw.routing, &mut errors, &vendor_ref);
+    let identity = identity(&raw.identity, env, &mut errors);
+    let metrics = metrics(&raw.metrics, &mut errors);
+    let security = security(&raw.security, &mut errors);
+    let limits = limits(&raw.limits, &mut errors);
+    let shutdown = ShutdownConfig {
+        grace_period: duration(
+            &mut errors,
+            "shutdown.grace_period",
+            &raw.shutdown.grace_period,
+            true,
+        ),
+        final_scrape_delay: duration(
+            &mut errors,
+            "shutdown.final_scrape_delay",
+            &raw.shutdown.final_scrape_delay,
+            true,
+        ),
+    };
+
+    match (errors.0.is_empty(), admin_address) {
+        (true, Some(admin_address)) => Ok(MeterConfig {
+            listeners,
+            admin_address,
+            vendors,
+            routing,
+            clients,
+            identity,
+            metrics,
+            security,
+            limits,
+            shutdown,
+            access_log: raw.access_log.enabled,
+        }),
+        _ => Err(ConfigErrors(errors.0)),
+    }
+}
+
+fn parse_addr(text: &str) -> Result<SocketAddr, String> {
+    text.parse()
+        .map_err(|_| format!("'{text}' is not an ip:port address"))
+}
+
+fn vendors(raw: &[RawVendor], env: &Env, errors: &mut Errors) -> Vec<VendorConfig> {
+    if raw.is_empty() {
+        errors.push("vendors", "at least one vendor is required");
+    }
+    let mut names = HashSet::new();
+    let mut out = Vec::new();
+    for (i, v) in raw.iter().enumerate() {
+        let path = format!("vendors[{i}]");
+        if !valid_vendor_name(&v.name) {
+            errors.push(
+                format!("{path}.name"),
+                "must be 1 to 63 characters of a-z, 0-9, '-', '_' or '.', starting with a letter or digit",
+            );
+        } else if !names.insert(v.name.as_str()) {
+            errors.push(
+                format!("{path}.name"),
+                format!("'{}' is used twice", v.name),
+            );
+        }
+        let password = secret(env, errors, &path, &v.password_env, &v.password_file);
+        let upstream = match v.kind.as_deref().unwrap_or("http_proxy") {
+            "http_proxy" => {
+                let url = v.url.as_deref().unwrap_or_default();
+                let target = errors.check(&format!("{path}.url"), parse_proxy_url(url));
+                let credentials = match (&v.username, password) {
+                    (Some(user), Some(password)) => {
+                        if user.is_empty()
+                            || user.contains(':')
+                            || user.chars().any(char::is_control)
+                        {
+                            errors.push(
+                                format!("{path}.username"),
+                                "must be non-empty, without ':' or control characters",
+                            );
+                        }
+                        Some(Credentials::new(user, &password))
+                    }
+                    (Some(_), None) if v.password_env.is_none() && v.password_file.is_none() => {
+                        errors.push(
+                            format!("{path}.username"),
+                            "a username needs password_env or password_file",
+                        );
+                        None
+                    }
+                    (None, Some(_)) => {
+                        errors.push(format!("{path}.username"), "a password needs a username");
+                        None
+                    }
+                    // A configured password source that failed has been reported already.
+                    (Some(_), None) | (None, None) => None,
+                };
+                target.map(|(host, port)| Upstream::HttpProxy {
+                    host,
+                    port,
+                    credentials,
+                })
+            }
+            "direct" => {
+                for (key, set) in [
+                    ("url", v.url.is_some()),
+                    ("username", v.username.is_some()),
+                    ("password_env", v.password_env.is_some()),
+                    ("password_file", v.password_file.is_some()),
+                    ("forward_client_credentials", v.forward_client_credentials),
+                ] {
+                    if set {
+                        errors.push(format!("{path}.{key}"), "not used by a direct vendor");
+                    }
+                }
+                Some(Upstream::Direct)
+            }
+            other => {
+                errors.push(
+                    format!("{path}.kind"),
+                    format!("'{other}' is not one of http_proxy, direct"),
+                );
+                None
+            }
+        };
+        if let Some(upstream) = upstream {
+            out.push(VendorConfig {
+                name: v.name.clone(),
+                upstream,
+                forward_client_credentials: v.forward_client_credentials,
+                max_idle_connections: v.max_idle_connections.unwrap_or(usize::MAX),
+            });
+        }
+    }
+    out
+}
+
+/// Vendor names become label values and header values: keep them plain.
+fn valid_vendor_name(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    (1..=63).contains(&bytes.len())
+        && bytes[0].is_ascii_alphanumeric()
+        && bytes.iter().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'_' | b'.')
+        })
+}
+
+/// `http://host[:port][/]`, without credentials. Returns the host (brackets kept for IPv6)
+/// and port (80 when absent).
+fn parse_proxy_url(url: &str) -> Result<(String, u16), String> {
+    if url.is_empty() {
+        return Err("an http_proxy vendor needs a url such as http://proxy.example:8080".into());
+    }
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or("only http:// proxy URLs are supported")?;
+    let authority = rest.strip_suffix('/').unwrap_or(rest);
+    if authority.contains('@') {
+        return Err(
+            "credentials in the url are not allowed; use username with password_env or password_file"
+                .into(),
+        );
+    }
+    if authority.contains(['/', '?', '#']) {
+        return Err("the url must not have a path, query or fragment".into());
+    }
+    let authority_with_port = if authority.ends_with(']') || !authority.contains(':') {
+        format!("{authority}:80")
+    } else {
+        authority.to_owned()
+    };
+    let parsed = pt_sniff::authority::parse_authority(&authority_with_port)
+        .map_err(|e| format!("bad proxy address: {e}"))?;
+    Ok((parsed.host.to_string(), parsed.port))
+}
+
+/// Reads a secret from `<path>.password_env` or `<path>.password_file`.
+fn secret(
+    env: &Env,
+    errors: &mut Errors,
+    path: &str,
+    var: &Option<String>,
+    file: &Option<String>,
+) -> Option<SecretString> {
+    match (var, file) {
+        (Some(_), Some(_)) => {
+            errors.push(
+                format!("{path}.password_env"),
+                "set password_env or password_file, not both",
+            );
+            None
+        }
+        (Some(var), None) => match env.get(var) {
+            Some(value) if !value.is_empty() => Some(SecretString::from(value.clone())),
+            _ => {
+                errors.push(
+                    format!("{path}.password_env"),
+                    format!("environment variable {var} is not set or empty"),
+                );
+                None
+            }
+        },
+        (None, Some(file)) => match std::fs::read_to_string(file) {
+            Ok(text) => {
+                let value = text.strip_suffix('\n').unwrap_or(&text);
+                let value = value.strip_suffix('\r').unwrap_or(value);
+                if value.is_empty() {
+                    errors.push(format!("{path}.password_file"), format!("{file} is empty"));
+                    None
+                } else {
+                    Some(SecretString::from(value.to_owned()))
+                }
+            }
+            // The error names the file, never its content.
+            Err(e) => {
+                errors.push(
+                    format!("{path}.password_file"),
+                    format!("cannot read {file}: {e}"),
+                );
+                None
+            }
+        },
+        (None, None) => None,
+    }
+}
+
+fn clients(raw: &RawClients, env: &Env, errors: &mut Errors) -> ClientsConfig {
+    let password = secret(
+        env,
+        errors,
+        "clients",
+        &raw.password_env,
+        &raw.password_file,
+    );
+    let allowed_sources = raw
+        .allowed_sources
+        .iter()
+        .enumerate()
+        .filter_map(|(i, s)| {
+            errors.check(&format!("clients.allowed_sources[{i}]"), s.parse::<Cidr>())
+        })
+        .collect();
+    ClientsConfig {
+        password,
+        allowed_sources,
+    }
+}
+
+fn routing(
+    raw: &RawRouting,
+    errors: &mut Errors,
+    vendor_ref: &dyn Fn(&mut Errors, &str, &str) -> Option<VendorIndex>,
+) -> RoutingConfig {
+    let vendor_header = if raw.vendor_header.is_empty() {
+        None
+    } else if raw
+        .vendor_header
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    {
+        Some(raw.vendor_header.to_ascii_lowercase())
+    } else {
+        errors.push(
+            "routing.vendor_header",
+            "must be a header name of letters, digits and '-'",
+        );
+        None
+    };
+    let usernames = raw
+        .usernames
+        .iter()
+        .filter_map(|(user, vendor)| {
+            vendor_ref(errors, &format!("routing.usernames.{user}"), vendor)
+                .map(|i| (user.clone(), i))
+        })
+        .collect();
+    let fallback = match (&raw.default_vendor, raw.weights.is_empty()) {
+        (Some(_), false) => {
+            errors.push("routing.weights", "set default_vendor or weights, not both");
+            Fallback::None
+        }
+        (Some(name), true) => vendor_ref(errors, "routing.default_vendor", name)
+            .map(Fallback::Vendor)
+            .unwrap_or(Fallback::None),
+        (None, false) => {
+            let mut weighted = Vec::new();
+            for (name, &weight) in &raw.weights {
+                let path = format!("routing.weights.{name}");
+                if weight == 0 {
+                    errors.push(&path, "weights must be positive");
+                }
+                if let Some(i) = vendor_ref(errors, &path, name) {
+                    weighted.push((i, weight));
+                }
+            }
+            Fallback::Weighted(weighted)
+        }
+        (None, true) => Fallback::None,
+    };
+    RoutingConfig {
+        vendor_header,
+        usernames,
+        fallback,
+    }
+}
+
+fn identity(raw: &RawIdentity, env: &Env, errors: &mut Errors) -> IdentityConfig {
+    let from_env = |var: &str| {
+        env.get(var)
+            .filter(|v| !v.is_empty())
+            .cloned()
+            .unwrap_or_else(|| "unknown".to_owned())
+    };
+    match raw.from.as_str() {
+        "environment" => IdentityConfig::Fixed {
+            namespace: from_env(&raw.namespace_env),
+            pod: from_env(&raw.pod_env),
+        },
+        "proxy_username" => IdentityConfig::ProxyUsername {
+            default_namespace: raw.default_namespace.clone(),
+        },
+        "none" => IdentityConfig::Fixed {
+            namespace: "unknown".into(),
+            pod: "unknown".into(),
+        },
+        other => {
+            errors.push(
+                "identity.from",
+                format!("'{other}' is not one of environment, proxy_username, none"),
+            );
+            IdentityConfig::Fixed {
+                namespace: "unknown".into(),
+                pod: "unknown".into(),
+            }
+        }
+    }
+}
+
+fn metrics(raw: &RawMetrics, errors: &mut Errors) -> MetricsConfig {
+    let destination_key = match raw.destination_label.as_str() {
+        "registrable_domain" => Some(DestinationKey::RegistrableDomain),
+        "host" => Some(DestinationKey::Host),
+        "off" => None,
+        other => {
+            errors.push(
+                "metrics.destination_label",
+                format!("'{other}' is not one of registrable_domain, host, off"),
+            );
+            None
+        }
+    };
+    if destination_key.is_some() && raw.max_destinations_per_vendor == 0 {
+        errors.push(
+            "metrics.max_destinations_per_vendor",
+            "must be at least 1 (set destination_label: off to turn the families off)",
+        );
+    }
+    if raw.max_pods == 0 {
+        errors.push("metrics.max_pods", "must be at least 1");
+    }
+    MetricsConfig {
+        max_destinations_per_vendor: if destination_key.is_some() {
+            raw.max_destinations_per_vendor
+        } else {
+            0
+        },
+        destination_key,
+        max_pods: raw.max_pods,
+    }
+}
+
+fn ports(raw: &[RawPorts], path: &str, errors: &mut Errors) -> PortSet {
+    let mut set = Vec::new();
+    for (i, p) in raw.iter().enumerate() {
+        let path = format!("{path}[{i}]");
+        let range = match p {
+            RawPorts::One(n) => u16::try_from(*n).ok().filter(|&n| n > 0).map(|n| n..=n),
+            RawPorts::Range(text) => text.split_once('-').and_then(|(a, b)| {
+                let a = pt_sniff::authority::parse_port(a.trim()).ok()?;
+                let b = pt_sniff::authority::parse_port(b.trim()).ok()?;
+                (a <= b).then_some(a..=b)
+            }),
+        };
+        match range {
+            Some(r) => set.push(r),
+            None => errors.push(path, "expected a port from 1 to 65535 or a range \"a-b\""),
+        }
+    }
+    PortSet(set)
+}
+
+fn security(raw: &RawSecurity, errors: &mut Errors) -> SecurityConfig {
+    SecurityConfig {
+        connect_ports: ports(&raw.connect_ports, "security.connect_ports", errors),
+        http_ports: ports(&raw.http_ports, "security.http_ports", errors),
+        allowed_private_destinations: raw
+            .allowed_private_destinations
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| {
+                errors.check(
+                    &format!("security.allowed_private_destinations[{i}]"),
+                    s.parse::<Cidr>(),
+                )
+            })
+            .collect(),
+    }
+}
+
+fn duration(errors: &mut Errors, path: &str, text: &str, zero_ok: bool) -> Duration {
+    match humantime::parse_duration(text) {
+        Ok(d) if d.is_zero() && !zero_ok => {
+            errors.push(path, "must be longer than zero");
+            d
+        }
+        Ok(d) => d,
+        Err(_) => {
+            errors.push(
+                path,
+                format!("'{text}' is not a duration such as 10s, 500ms or 2m"),
+            );
+            Duration::ZERO
+        }
+    }
+}
+
+fn limits(raw: &RawLimits, errors: &mut Errors) -> LimitsConfig {
+    let mut d = |key: &str, text: &str| duration(errors, &format!("limits.{key}"), text, false);
+    let limits = LimitsConfig {
+        max_connections: raw.max_connections,
+        max_header_bytes: raw.max_header_bytes,
+        max_headers: raw.max_headers,
+        header_read_timeout: d("header_read_timeout", &raw.header_read_timeout),
+        client_idle_timeout: d("client_idle_timeout", &raw.client_idle_timeout),
+        connect_timeout: d("connect_timeout", &raw.connect_timeout),
+        response_timeout: d("response_timeout", &raw.response_timeout),
+        tunnel_idle_timeout: d("tunnel_idle_timeout", &raw.tunnel_idle_timeout),
+        sniff_timeout: d("sniff_timeout", &raw.sniff_timeout),
+        h2_max_concurrent_streams: raw.h2_max_concurrent_streams,
+        vendor_idle_timeout: d("vendor_idle_timeout", &raw.vendor_idle_timeout),
+    };
+    if raw.max_connections == 0 {
+        errors.push("limits.max_connections", "must be at least 1");
+    }
+    if raw.max_header_bytes < MIN_HEADER_BYTES {
+        errors.push(
+            "limits.max_header_bytes",
+            format!("must be at least {MIN_HEADER_BYTES}"),
+        );
+    }
+    if raw.max_headers == 0 {
+        errors.push("limits.max_headers", "must be at least 1");
+    }
+    if raw.h2_max_concurrent_streams == 0 {
+        errors.push("limits.h2_max_concurrent_streams", "must be at least 1");
+    }
+    limits
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Env {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    const MINIMAL: &str =
+        "vendors:\n  - name: vendor-a\n    url: http://proxy.vendor-a.example:8000\n";
+
+    #[test]
+    fn a_minimal_config_gets_the_documented_defaults() {
+        let config = load_str(MINIMAL, &Env::new()).unwrap();
+        assert_eq!(config.listeners[0].address.to_string(), "127.0.0.1:3128");
+        assert_eq!(config.admin_address.to_string(), "127.0.0.1:9464");
+        assert_eq!(
+            config.routing.vendor_header.as_deref(),
+            Some("x-proxy-vendor")
+        );
+        assert!(config.security.connect_ports.contains(443));
+        assert!(!config.security.connect_ports.contains(22));
+        assert!(config.security.http_ports.contains(80));
+        assert!(config.security.http_ports.contains(8080));
+        assert!(!config.security.http_ports.contains(25));
+        assert_eq!(config.limits.header_read_timeout, Duration::from_secs(30));
+        assert_eq!(config.metrics.max_destinations_per_vendor, 100);
+        assert_eq!(
+            config.identity,
+            IdentityConfig::Fixed {
+                namespace: "unknown".into(),
+                pod: "unknown".into()
+            }
+        );
+        match &config.vendors[0].upstream {
+            Upstream::HttpProxy {
+                host,
+                port,
+                credentials,
+            } => {
+                assert_eq!((host.as_str(), *port), ("proxy.vendor-a.example", 8000));
+                assert!(credentials.is_none());
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_sidecar_identity_comes_from_the_downward_api() {
+        let config = load_str(
+            MINIMAL,
+            &env(&[("POD_NAME", "crawler-7d9f"), ("POD_NAMESPACE", "crawlers")]),
+        )
+        .unwrap();
+        assert_eq!(
+            config.identity,
+            IdentityConfig::Fixed {
+                namespace: "crawlers".into(),
+                pod: "crawler-7d9f".into()
+            }
+        );
+    }
+
+    #[test]
+    fn every_error_is_reported_with_its_key_path() {
+        let text = r#"
+listeners:
+  - address: "0.0.0.0:3128"
+  - address: "nonsense"
+    vendor: vendor-z
+vendors:
+  - name: Vendor_A
+    url: https://proxy:8000
+  - name: b
+    url: http://user:pw@proxy:8000
+    username: u
+  - name: c
+    kind: direct
+    url: http://x:1
+routing:
+  default_vendor: b
+  weights: {b: 1}
+metrics:
+  destination_label: everything
+security:
+  connect_ports: [443, "9000-8000", 70000]
+limits:
+  connect_timeout: soon
+"#;
+        let errors = load_str(text, &Env::new()).unwrap_err();
+        let paths: Vec<&str> = errors.0.iter().map(|e| e.path.as_str()).collect();
+        for expected in [
+            "listeners[0].address",
+            "listeners[1].address",
+            "listeners[1].vendor",
+            "vendors[0].name",
+            "vendors[0].url",
+            "vendors[1].url",
+            "vendors[1].username",
+            "vendors[2].url",
+            "routing.weights",
+            "metrics.destination_label",
+            "security.connect_ports[1]",
+            "security.connect_ports[2]",
+            "limits.connect_timeout",
+        ] {
+            assert!(
+                paths.contains(&expected),
+                "no error at {expected}: {errors}"
+            );
+        }
+        assert_eq!(paths.len(), 13, "{errors}");
+    }
+
+    #[test]
+    fn secrets_come_from_env_or_file_and_never_show_in_debug() {
+        let dir = std::env::temp_dir().join(format!("pt-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("password");
+        std::fs::write(&file, "file-canary-7731\n").unwrap();
+        let text = format!(
+            "vendors:\n  - name: a\n    url: http://p:1\n    username: cust\n    password_env: VENDOR_A_PASSWORD\n\
+             clients:\n  password_file: {}\n",
+            file.display()
+        );
+        let config = load_str(&text, &env(&[("VENDOR_A_PASSWORD", "env-canary-9919")])).unwrap();
+        let debug = format!("{config:?}");
+        assert!(!debug.contains("env-canary-9919"), "{debug}");
+        assert!(!debug.contains("file-canary-7731"), "{debug}");
+        let Upstream::HttpProxy {
+            credentials: Some(c),
+            ..
+        } = &config.vendors[0].upstream
+        else {
+            panic!("credentials expected");
+        };
+        // base64("cust:env-canary-9919")
+        assert_eq!(
+            c.proxy_authorization(),
+            "Basic Y3VzdDplbnYtY2FuYXJ5LTk5MTk="
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_missing_secret_names_the_variable_not_a_value() {
+        let text =
+            "vendors:\n  - name: a\n    url: http://p:1\n    username: u\n    password_env: NOPE\n";
+        let errors = load_str(text, &Env::new()).unwrap_err();
+        assert_eq!(
+            errors.0,
+            vec![ConfigError {
+                path: "vendors[0].password_env".into(),
+                message: "environment variable NOPE is not set or empty".into()
+            }]
+        );
+    }
+
+    #[test]
+    fn type_errors_carry_their_path() {
+        let errors = load_str("limits:\n  max_connections: lots\n", &Env::new()).unwrap_err();
+        assert_eq!(errors.0.len(), 1);
+        assert_eq!(errors.0[0].path, "limits.max_connections");
+        let errors = load_str("limits:\n  max_conections: 1\n", &Env::new()).unwrap_err();
+        assert_eq!(errors.0[0].path, "limits.max_conections");
+        assert!(
+            errors.0[0].message.contains("unknown field"),
+            "{}",
+            errors.0[0].message
+        );
+    }
+
+    #[test]
+    fn env_overrides_reach_validation() {
+        let config = load_str(
+            MINIMAL,
+            &env(&[("PROXY_TELEMETRY__LIMITS__MAX_CONNECTIONS", "7")]),
+        )
+        .unwrap();
+        assert_eq!(config.limits.max_connections, 7);
+    }
+
+    #[test]
+    fn weights_and_username_routes_resolve_to_vendor_indices() {
+        let text = "vendors:\n  - {name: a, kind: direct}\n  - {name: b, kind: direct}\n\
+                    routing:\n  weights: {a: 40, b: 60}\n  usernames: {team-b: b}\n";
+        let config = load_str(text, &Env::new()).unwrap();
+        assert_eq!(
+            config.routing.fallback,
+            Fallback::Weighted(vec![(0, 40), (1, 60)])
+        );
+        assert_eq!(config.routing.usernames["team-b"], 1);
+    }
+
+    #[test]
+    fn the_shipped_example_is_valid() {
+        let config = load_str(
+            EXAMPLE,
+            &env(&[
+                ("VENDOR_A_PASSWORD", "a"),
+                ("VENDOR_B_PASSWORD", "b"),
+                ("VENDOR_C_PASSWORD", "c"),
+            ]),
+        );
+        assert!(config.is_ok(), "{}", config.unwrap_err());
+    }
+}

@@ -21,6 +21,7 @@ use std::ops::RangeInclusive;
 use std::path::Path;
 use std::time::Duration;
 
+pub use pt_sniff::Authority;
 pub use pt_sniff::destination::DestinationKey;
 pub use pt_sniff::net::Cidr;
 
@@ -66,8 +67,7 @@ pub struct VendorConfig {
 pub enum Upstream {
     /// An HTTP proxy: CONNECT for tunnels, absolute-form for plain HTTP.
     HttpProxy {
-        host: String,
-        port: u16,
+        address: Authority,
         credentials: Option<Credentials>,
     },
     /// No proxy: the meter resolves and dials the destination itself.

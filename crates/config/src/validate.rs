@@ -36,7 +36,12 @@ impl Errors {
 
 pub(crate) fn validate(raw: &RawConfig, env: &Env) -> Result<MeterConfig, ConfigErrors> {
     let mut errors = Errors::default();
-    let vendors = vendors(&raw.vendors, env, &mut errors);
+    let vendors = vendors(
+        &raw.vendors,
+        raw.limits.vendor_max_idle_connections,
+        env,
+        &mut errors,
+    );
     let names: HashMap<&str, VendorIndex> = raw
         .vendors
         .iter()
@@ -65,7 +70,8 @@ pub(crate) fn validate(raw: &RawConfig, env: &Env) -> Result<MeterConfig, Config
             .as_deref()
             .and_then(|v| vendor_ref(&mut errors, &format!("{path}.vendor"), v));
         if let Some(address) = address {
-            if !seen.insert(address) {
+            // Port 0 asks the system for a free port, so several such listeners never clash.
+            if address.port() != 0 && !seen.insert(address) {
                 errors.push(format!("{path}.address"), "address is used twice");
             }
             let open = clients.password.is_none() && clients.allowed_sources.is_empty();
@@ -124,7 +130,12 @@ fn parse_addr(text: &str) -> Result<SocketAddr, String> {
         .map_err(|_| format!("'{text}' is not an ip:port address"))
 }
 
-fn vendors(raw: &[RawVendor], env: &Env, errors: &mut Errors) -> Vec<VendorConfig> {
+fn vendors(
+    raw: &[RawVendor],
+    default_max_idle: usize,
+    env: &Env,
+    errors: &mut Errors,
+) -> Vec<VendorConfig> {
     if raw.is_empty() {
         errors.push("vendors", "at least one vendor is required");
     }
@@ -175,9 +186,8 @@ fn vendors(raw: &[RawVendor], env: &Env, errors: &mut Errors) -> Vec<VendorConfi
                     // A configured password source that failed has been reported already.
                     (Some(_), None) | (None, None) => None,
                 };
-                target.map(|(host, port)| Upstream::HttpProxy {
-                    host,
-                    port,
+                target.map(|address| Upstream::HttpProxy {
+                    address,
                     credentials,
                 })
             }
@@ -208,7 +218,7 @@ fn vendors(raw: &[RawVendor], env: &Env, errors: &mut Errors) -> Vec<VendorConfi
                 name: v.name.clone(),
                 upstream,
                 forward_client_credentials: v.forward_client_credentials,
-                max_idle_connections: v.max_idle_connections.unwrap_or(usize::MAX),
+                max_idle_connections: v.max_idle_connections.unwrap_or(default_max_idle),
             });
         }
     }
@@ -225,9 +235,8 @@ fn valid_vendor_name(name: &str) -> bool {
         })
 }
 
-/// `http://host[:port][/]`, without credentials. Returns the host (brackets kept for IPv6)
-/// and port (80 when absent).
-fn parse_proxy_url(url: &str) -> Result<(String, u16), String> {
+/// `http://host[:port][/]`, without credentials; the port defaults to 80.
+fn parse_proxy_url(url: &str) -> Result<Authority, String> {
     if url.is_empty() {
         return Err("an http_proxy vendor needs a url such as http://proxy.example:8080".into());
     }
@@ -249,9 +258,8 @@ fn parse_proxy_url(url: &str) -> Result<(String, u16), String> {
     } else {
         authority.to_owned()
     };
-    let parsed = pt_sniff::authority::parse_authority(&authority_with_port)
-        .map_err(|e| format!("bad proxy address: {e}"))?;
-    Ok((parsed.host.to_string(), parsed.port))
+    pt_sniff::authority::parse_authority(&authority_with_port)
+        .map_err(|e| format!("bad proxy address: {e}"))
 }
 
 /// Reads a secret from `<path>.password_env` or `<path>.password_file`.
@@ -576,11 +584,10 @@ mod tests {
         );
         match &config.vendors[0].upstream {
             Upstream::HttpProxy {
-                host,
-                port,
+                address,
                 credentials,
             } => {
-                assert_eq!((host.as_str(), *port), ("proxy.vendor-a.example", 8000));
+                assert_eq!(address.to_string(), "proxy.vendor-a.example:8000");
                 assert!(credentials.is_none());
             }
             other => panic!("unexpected {other:?}"),

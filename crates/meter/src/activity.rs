@@ -1,0 +1,53 @@
+//! A cheap "last time a byte moved" clock, for idle timeouts that span both directions.
+//!
+//! Each read or write stores a millisecond offset from the clock's creation (one relaxed atomic
+//! store); a watchdog task compares it with the timeout. It uses Tokio's clock so tests can run
+//! with paused time.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+#[derive(Debug)]
+pub struct Activity {
+    epoch: Instant,
+    last_ms: AtomicU64,
+}
+
+impl Default for Activity {
+    fn default() -> Self {
+        Activity {
+            epoch: Instant::now(),
+            last_ms: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Activity {
+    pub fn touch(&self) {
+        let now = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_ms.store(now, Ordering::Relaxed);
+    }
+
+    /// How long since the last [`Activity::touch`] (or creation).
+    pub fn idle_for(&self) -> Duration {
+        let last = Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
+        self.epoch.elapsed().saturating_sub(last)
+    }
+
+    /// Resolves once idle for `timeout`, unless `busy()` says otherwise at that moment.
+    pub async fn idle(&self, timeout: Duration, busy: impl Fn() -> bool) {
+        loop {
+            let idle = self.idle_for();
+            let wait = if idle < timeout {
+                timeout - idle
+            } else if busy() {
+                timeout
+            } else {
+                return;
+            };
+            tokio::time::sleep(wait).await;
+        }
+    }
+}

@@ -1,0 +1,286 @@
+//! Tunnels: `CONNECT host:port` over HTTP/1.1 and HTTP/2 CONNECT streams (RFC 9113 §8.5).
+//!
+//! The meter opens the tunnel through the vendor first and answers the client only with the
+//! vendor's verdict (2xx, or the failure mapped to a status). Then it copies bytes both ways.
+//! The client's first bytes are held back briefly (up to `limits.sniff_timeout`, at most one
+//! ClientHello) to read SNI and ALPN without decrypting anything; the vendor-to-client direction
+//! runs meanwhile, so protocols where the server speaks first are not delayed. When the CONNECT
+//! target is an IP literal, the SNI host becomes the destination label, and the bytes counted
+//! before it was known move to it.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Incoming;
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
+use pt_metrics::labels::{
+    Protocol, RejectReason, TunnelInner, TunnelLabels, UpstreamErrorReason, VendorLabels,
+};
+use pt_sniff::Sniff;
+use pt_sniff::authority::parse_authority;
+use pt_sniff::client_hello::{MAX_SNIFF_BYTES, sniff};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use crate::ProxyBody;
+use crate::admission::{ConnInfo, admit, refuse};
+use crate::copy::{CopyError, copy};
+use crate::counting_io::{MeteredIo, Tally};
+use crate::exchange::{Exchange, ExchangeSpec};
+use crate::failure::Failure;
+use crate::policy;
+use crate::shared::Shared;
+
+/// Handles a CONNECT request; never fails (errors become answers).
+///
+/// `tunnels` counts the open tunnels of the client connection, which keeps an HTTP/2
+/// connection carrying only quiet tunnels from being closed as idle.
+pub async fn connect(
+    shared: Arc<Shared>,
+    conn: ConnInfo,
+    tunnels: Arc<AtomicUsize>,
+    mut request: Request<Incoming>,
+) -> Response<ProxyBody> {
+    let started = Instant::now();
+    let target = match request
+        .uri()
+        .authority()
+        .ok_or(())
+        .and_then(|a| parse_authority(a.as_str()).map_err(|_| ()))
+    {
+        Ok(t) => t,
+        Err(()) => return refuse(&shared, Failure::Rejected(RejectReason::BadRequest), None),
+    };
+    let admission = match admit(&shared, &conn, request.headers()) {
+        Ok(a) => a,
+        Err(f) => return refuse(&shared, f, None),
+    };
+    let vendor = &shared.vendors[admission.vendor];
+    if let Err(f) = policy::check_port(&shared.config.security.connect_ports, target.port)
+        .and_then(|()| policy::check_host(&shared.config.security, &target.host))
+    {
+        return refuse(&shared, f, Some(vendor.name.as_str()));
+    }
+    let on_upgrade = hyper::upgrade::on(&mut request);
+    let mut exchange = Exchange::new(
+        shared.clone(),
+        ExchangeSpec {
+            vendor: vendor.name.clone(),
+            identity: admission.identity,
+            protocol: Protocol::Connect,
+            host: target.host.clone(),
+            port: target.port,
+            method: "CONNECT".into(),
+            url: None,
+            client: conn.peer,
+        },
+        started,
+    );
+    let tally = Tally::new(exchange.attribution().clone());
+    let established = vendor
+        .open_tunnel(
+            &shared,
+            &target,
+            tally.clone(),
+            admission.client_authorization.as_ref(),
+        )
+        .await;
+    match established {
+        Ok(established) => {
+            exchange.responded(StatusCode::OK.as_u16());
+            let task_shared = shared.clone();
+            tunnels.fetch_add(1, Ordering::Relaxed);
+            shared.tasks.spawn(async move {
+                run(
+                    task_shared,
+                    exchange,
+                    tally,
+                    on_upgrade,
+                    established.io,
+                    established.leftover,
+                )
+                .await;
+                tunnels.fetch_sub(1, Ordering::Relaxed);
+            });
+            let mut response =
+                Response::new(Empty::new().map_err(|never| match never {}).boxed_unsync());
+            *response.status_mut() = StatusCode::OK;
+            response
+        }
+        Err(f) => {
+            exchange.failed(f);
+            if let Failure::Rejected(reason) = f {
+                shared.metrics.reject(reason);
+            }
+            f.response(Some(vendor.name.as_str()))
+        }
+    }
+}
+
+/// Keeps `proxy_active_tunnels` up while a tunnel runs.
+struct ActiveTunnel(prometheus_client::metrics::gauge::Gauge);
+
+impl ActiveTunnel {
+    fn new(shared: &Shared, vendor: &pt_metrics::Name) -> ActiveTunnel {
+        let gauge = shared
+            .metrics
+            .active_tunnels
+            .get_or_create_owned(&VendorLabels {
+                proxy_vendor: vendor.clone(),
+            });
+        gauge.inc();
+        ActiveTunnel(gauge)
+    }
+}
+
+impl Drop for ActiveTunnel {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// Copies bytes until both directions end, the tunnel idles out, or the meter stops.
+async fn run(
+    shared: Arc<Shared>,
+    mut exchange: Exchange,
+    tally: Arc<Tally>,
+    on_upgrade: OnUpgrade,
+    vendor_io: MeteredIo<TcpStream>,
+    leftover: Bytes,
+) {
+    let _active = ActiveTunnel::new(&shared, &exchange.vendor);
+    let upgraded = match on_upgrade.await {
+        Ok(upgraded) => upgraded,
+        Err(_) => {
+            exchange.resolve_destination(&tally, None);
+            exchange.set_outcome("client_gone");
+            return;
+        }
+    };
+    let (mut client_read, mut client_write) = tokio::io::split(TokioIo::new(upgraded));
+    let (mut vendor_read, mut vendor_write) = tokio::io::split(vendor_io);
+    let limits = &shared.config.limits;
+
+    let vendor_to_client = async {
+        if !leftover.is_empty() {
+            client_write
+                .write_all(&leftover)
+                .await
+                .map_err(CopyError::Write)?;
+        }
+        copy(&mut vendor_read, &mut client_write).await
+    };
+    let client_to_vendor = async {
+        let (first, verdict, read_error) =
+            sniff_first_bytes(&mut client_read, limits.sniff_timeout).await;
+        classify(&shared, &mut exchange, &tally, &verdict);
+        vendor_write
+            .write_all(&first)
+            .await
+            .map_err(CopyError::Write)?;
+        if let Some(error) = read_error {
+            return Err(CopyError::Read(error));
+        }
+        copy(&mut client_read, &mut vendor_write).await
+    };
+
+    let outcome = tokio::select! {
+        (up, down) = async { tokio::join!(client_to_vendor, vendor_to_client) } => {
+            if let (Err(e), _) | (_, Err(e)) = (&up, &down) {
+                tracing::debug!(error = %e, "tunnel ended with an error");
+            }
+            match (up, down) {
+                // Reading from the vendor failed: it reset the tunnel.
+                (_, Err(CopyError::Read(_))) | (Err(CopyError::Write(_)), _) => {
+                    Some(Failure::Upstream(UpstreamErrorReason::Reset))
+                }
+                (Err(CopyError::Read(_)), _) => Some(Failure::ClientGone),
+                _ => None,
+            }
+        }
+        () = tally.activity.idle(limits.tunnel_idle_timeout, || false) => {
+            Some(Failure::Upstream(UpstreamErrorReason::TunnelIdle))
+        }
+        () = shared.stopped.cancelled() => {
+            exchange.set_outcome("shutdown");
+            None
+        }
+    };
+    // The sniff may not have finished (idle timeout, shutdown): settle the destination anyway.
+    exchange.resolve_destination(&tally, None);
+    match outcome {
+        Some(Failure::ClientGone) => exchange.set_outcome("client_reset"),
+        Some(failure) => exchange.failed(failure),
+        None => {}
+    }
+}
+
+/// Reads the client's first bytes until they show what it speaks, or the limits are reached.
+/// Returns the bytes (to forward unchanged), the verdict, and a read error if one ended it.
+async fn sniff_first_bytes<R: AsyncRead + Unpin>(
+    client: &mut R,
+    timeout: Duration,
+) -> (Vec<u8>, Sniff, Option<std::io::Error>) {
+    // Typical ClientHellos fit in 2 KiB; the buffer grows up to MAX_SNIFF_BYTES if needed.
+    let mut buf = Vec::with_capacity(2048);
+    let deadline = Instant::now() + timeout;
+    loop {
+        if buf.len() >= MAX_SNIFF_BYTES {
+            return (buf, Sniff::Malformed, None);
+        }
+        let mut chunk = [0u8; 2048];
+        let want = chunk.len().min(MAX_SNIFF_BYTES - buf.len());
+        match tokio::time::timeout_at(deadline, client.read(&mut chunk[..want])).await {
+            Err(_elapsed) => return (buf, Sniff::NeedMore, None),
+            Ok(Ok(0)) => {
+                let verdict = sniff(&buf);
+                return (buf, verdict, None);
+            }
+            Ok(Ok(n)) => {
+                buf.extend_from_slice(&chunk[..n]);
+                match sniff(&buf) {
+                    Sniff::NeedMore => continue,
+                    verdict => return (buf, verdict, None),
+                }
+            }
+            Ok(Err(e)) => return (buf, Sniff::NeedMore, Some(e)),
+        }
+    }
+}
+
+/// Records what the client speaks, and settles the destination of IP-literal tunnels.
+fn classify(shared: &Shared, exchange: &mut Exchange, tally: &Tally, verdict: &Sniff) {
+    let (inner, sni) = match verdict {
+        Sniff::ClientHello(hello) => {
+            exchange.alpn = hello.alpn.clone();
+            exchange.sni = hello.sni.as_ref().map(ToString::to_string);
+            let offers = |p: &str| hello.alpn.iter().any(|a| a == p);
+            let inner = if offers("h2") {
+                TunnelInner::TlsH2
+            } else if offers("http/1.1") {
+                TunnelInner::TlsHttp1
+            } else {
+                TunnelInner::TlsOther
+            };
+            (inner, hello.sni.as_ref())
+        }
+        Sniff::NotTls => (TunnelInner::NotTls, None),
+        Sniff::NeedMore | Sniff::Malformed => (TunnelInner::Unknown, None),
+    };
+    exchange.inner = Some(inner);
+    shared
+        .metrics
+        .tunnels
+        .get_or_create(&TunnelLabels {
+            proxy_vendor: exchange.vendor.clone(),
+            inner,
+        })
+        .inc();
+    exchange.resolve_destination(tally, sni);
+}

@@ -530,6 +530,14 @@ fn limits(raw: &RawLimits, errors: &mut Errors) -> LimitsConfig {
     if raw.max_connections == 0 {
         errors.push("limits.max_connections", "must be at least 1");
     }
+    // A client waiting for a slow vendor sees no bytes until the response head; the idle
+    // watchdog must not close its connection before the response timeout does.
+    if limits.client_idle_timeout <= limits.response_timeout {
+        errors.push(
+            "limits.client_idle_timeout",
+            "must be longer than limits.response_timeout",
+        );
+    }
     if raw.max_header_bytes < MIN_HEADER_BYTES {
         errors.push(
             "limits.max_header_bytes",

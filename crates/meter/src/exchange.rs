@@ -279,7 +279,8 @@ impl Drop for Exchange {
             outcome: self.outcome,
             sent_bytes: self.attribution.sent(),
             received_bytes: self.attribution.received(),
-            duration_ms: self.started.elapsed().as_secs_f64() * 1000.0,
+            // Microsecond resolution is plenty for a log line.
+            duration_ms: (self.started.elapsed().as_secs_f64() * 1e6).round() / 1e3,
             sni: self.sni.as_deref(),
             alpn: self.alpn.iter().map(String::as_str).collect(),
             tunnel_inner: self.inner.map(TunnelInner::as_str),

@@ -167,6 +167,8 @@ async fn run(
     let (mut vendor_read, mut vendor_write) = tokio::io::split(vendor_io);
     let limits = &shared.config.limits;
 
+    // A failed direction ends the tunnel; a clean end of stream is a half-close and the other
+    // direction carries on. Each side's error is blamed on the socket that failed.
     let vendor_to_client = async {
         if !leftover.is_empty() {
             client_write
@@ -176,6 +178,7 @@ async fn run(
         }
         copy(&mut vendor_read, &mut client_write).await
     };
+    let vendor_to_client = async { vendor_to_client.await.map_err(|e| blame(e, Side::Vendor)) };
     let client_to_vendor = async {
         let (first, verdict, read_error) =
             sniff_first_bytes(&mut client_read, limits.sniff_timeout).await;
@@ -189,21 +192,10 @@ async fn run(
         }
         copy(&mut client_read, &mut vendor_write).await
     };
+    let client_to_vendor = async { client_to_vendor.await.map_err(|e| blame(e, Side::Client)) };
 
     let outcome = tokio::select! {
-        (up, down) = async { tokio::join!(client_to_vendor, vendor_to_client) } => {
-            if let (Err(e), _) | (_, Err(e)) = (&up, &down) {
-                tracing::debug!(error = %e, "tunnel ended with an error");
-            }
-            match (up, down) {
-                // Reading from the vendor failed: it reset the tunnel.
-                (_, Err(CopyError::Read(_))) | (Err(CopyError::Write(_)), _) => {
-                    Some(Failure::Upstream(UpstreamErrorReason::Reset))
-                }
-                (Err(CopyError::Read(_)), _) => Some(Failure::ClientGone),
-                _ => None,
-            }
-        }
+        result = async { tokio::try_join!(client_to_vendor, vendor_to_client) } => result.err(),
         () = tally.activity.idle(limits.tunnel_idle_timeout, || false) => {
             Some(Failure::Upstream(UpstreamErrorReason::TunnelIdle))
         }
@@ -218,6 +210,27 @@ async fn run(
         Some(Failure::ClientGone) => exchange.set_outcome("client_reset"),
         Some(failure) => exchange.failed(failure),
         None => {}
+    }
+}
+
+/// The reading side of a copy direction.
+#[derive(Clone, Copy)]
+enum Side {
+    Client,
+    Vendor,
+}
+
+/// Which party a copy error is the fault of: the socket that failed to read or write.
+fn blame(error: CopyError, reading: Side) -> Failure {
+    tracing::debug!(error = %error, "tunnel ended with an error");
+    let failed = match (&error, reading) {
+        (CopyError::Read(_), side) => side,
+        (CopyError::Write(_), Side::Client) => Side::Vendor,
+        (CopyError::Write(_), Side::Vendor) => Side::Client,
+    };
+    match failed {
+        Side::Client => Failure::ClientGone,
+        Side::Vendor => Failure::Upstream(UpstreamErrorReason::Reset),
     }
 }
 

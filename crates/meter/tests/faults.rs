@@ -1,0 +1,205 @@
+//! Broken vendors: each failure gives the client the right status, the metrics the right
+//! reason, and the bytes that did cross the vendor socket are still counted exactly.
+
+mod support;
+
+use http::Method;
+use http_body_util::BodyExt;
+use pt_load::client::{self, ClientError, ProxyEndpoint};
+use pt_testkit::meter::MeterSetup;
+use pt_testkit::paths::absolute;
+use pt_testkit::vendor::{FakeVendor, Fault, RESET_AFTER};
+use support::counters;
+use tokio::io::AsyncReadExt;
+
+/// A plain GET through the meter: status, error-reason header, body (or the body error).
+async fn get(proxy: &ProxyEndpoint) -> (u16, String, Result<String, String>) {
+    let mut sender = client::http1(proxy.dial(counters()).await.unwrap())
+        .await
+        .unwrap();
+    let request = absolute(
+        proxy,
+        Method::GET,
+        "shop-a.test",
+        "/bytes/100",
+        client::empty(),
+    );
+    let response = sender.send_request(request).await.unwrap();
+    let status = response.status().as_u16();
+    let reason = response
+        .headers()
+        .get("x-proxy-telemetry-error")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    assert!(
+        response.headers().get("proxy-authenticate").is_none(),
+        "no vendor challenge leaks"
+    );
+    let body = match response.into_body().collect().await {
+        Ok(b) => Ok(String::from_utf8_lossy(&b.to_bytes()).into_owned()),
+        Err(e) => Err(e.to_string()),
+    };
+    (status, reason, body)
+}
+
+/// A CONNECT through the meter: the status it was refused with, if refused.
+async fn connect(proxy: &ProxyEndpoint) -> Result<hyper::upgrade::Upgraded, u16> {
+    match client::tunnel_h1(
+        proxy,
+        proxy.dial(counters()).await.unwrap(),
+        "shop-a.test:443",
+    )
+    .await
+    {
+        Ok(upgraded) => Ok(upgraded),
+        Err(ClientError::Refused(status)) => Err(status.as_u16()),
+        Err(e) => panic!("unexpected {e}"),
+    }
+}
+
+async fn meter_with(vendor_url: &str, extra: &str) -> pt_testkit::meter::TestMeter {
+    MeterSetup::new()
+        .vendor_yaml(&format!(
+            "  - name: vendor-a\n    url: http://{vendor_url}\n    username: meter\n    password_env: P\n"
+        ))
+        .env("P", "pw")
+        .yaml("routing:\n  default_vendor: vendor-a")
+        .yaml(extra)
+        .spawn()
+        .await
+}
+
+fn reason_count(scrape: &pt_metrics::exposition::Scrape, reason: &str) -> u64 {
+    scrape.sum(
+        "proxy_upstream_errors_total",
+        &[("proxy_vendor", "vendor-a"), ("reason", reason)],
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vendor_that_refuses_connections_gives_502_connect_refused() {
+    // Bind and drop: nothing listens on this port any more.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let meter = meter_with(&closed.to_string(), "").await;
+    let proxy = ProxyEndpoint::new(meter.proxy());
+    let (status, reason, body) = get(&proxy).await;
+    assert_eq!((status, reason.as_str()), (502, "connect_refused"));
+    assert!(body.unwrap().contains("vendor-a refused the connection"));
+    assert_eq!(connect(&proxy).await.err(), Some(502));
+    let scrape = meter.scrape().await;
+    assert_eq!(reason_count(&scrape, "connect_refused"), 2);
+    assert_eq!(
+        scrape.sum("proxy_requests_total", &[("status_class", "5xx")]),
+        2
+    );
+    assert_eq!(scrape.sum("proxy_sent_bytes_total", &[]), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vendor_407_becomes_502_vendor_auth_without_the_challenge() {
+    let vendor = FakeVendor::builder()
+        .fault(Fault::AlwaysDenyAuth)
+        .start()
+        .await;
+    let meter = meter_with(&vendor.address.to_string(), "").await;
+    let proxy = ProxyEndpoint::new(meter.proxy());
+    let (status, reason, body) = get(&proxy).await;
+    assert_eq!((status, reason.as_str()), (502, "vendor_auth"));
+    let body = body.unwrap();
+    assert!(body.contains("rejected the meter's credentials"), "{body}");
+    assert!(!body.contains("fake-vendor-challenge"));
+    assert_eq!(connect(&proxy).await.err(), Some(502));
+    let scrape = support::settle(|| async {
+        let scrape = meter.scrape().await;
+        let done = scrape.sum("proxy_received_bytes_total", &[]) == vendor.bytes_to_meter();
+        (done, scrape)
+    })
+    .await;
+    assert_eq!(reason_count(&scrape, "vendor_auth"), 2);
+    assert_eq!(
+        scrape.sum("proxy_sent_bytes_total", &[]),
+        vendor.bytes_from_meter()
+    );
+    assert_eq!(
+        scrape.sum("proxy_received_bytes_total", &[]),
+        vendor.bytes_to_meter()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vendor_reset_mid_body_is_counted_as_reset_with_every_byte_that_arrived() {
+    let vendor = FakeVendor::builder()
+        .fault(Fault::ResetMidBody)
+        .start()
+        .await;
+    let meter = meter_with(&vendor.address.to_string(), "").await;
+    let proxy = ProxyEndpoint::new(meter.proxy());
+
+    // Plain HTTP: the head was 200, the body breaks off.
+    let (status, _, body) = get(&proxy).await;
+    assert_eq!(status, 200);
+    assert!(body.is_err(), "the client sees the body cut short");
+
+    // A tunnel: the destination's first bytes arrive, then the tunnel closes.
+    let upgraded = connect(&proxy).await.expect("tunnel established");
+    let mut tunnel = hyper_util::rt::TokioIo::new(upgraded);
+    let mut received = Vec::new();
+    let _ = tunnel.read_to_end(&mut received).await;
+    assert_eq!(received.len(), RESET_AFTER);
+
+    let scrape = support::settle(|| async {
+        let scrape = meter.scrape().await;
+        let done =
+            reason_count(&scrape, "reset") == 2 && scrape.sum("proxy_active_tunnels", &[]) == 0;
+        (done, scrape)
+    })
+    .await;
+    assert_eq!(reason_count(&scrape, "reset"), 2);
+    assert_eq!(
+        scrape.sum("proxy_requests_total", &[("status_class", "2xx")]),
+        2
+    );
+    assert_eq!(
+        scrape.sum("proxy_sent_bytes_total", &[]),
+        vendor.bytes_from_meter()
+    );
+    assert_eq!(
+        scrape.sum("proxy_received_bytes_total", &[]),
+        vendor.bytes_to_meter()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_vendor_times_out_with_504() {
+    let vendor = FakeVendor::builder().fault(Fault::Blackhole).start().await;
+    let meter = meter_with(
+        &vendor.address.to_string(),
+        "limits:\n  response_timeout: 300ms",
+    )
+    .await;
+    let proxy = ProxyEndpoint::new(meter.proxy());
+    let started = std::time::Instant::now();
+    let (status, reason, _) = get(&proxy).await;
+    assert_eq!((status, reason.as_str()), (504, "timeout"));
+    assert_eq!(connect(&proxy).await.err(), Some(504));
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    let scrape = support::settle(|| async {
+        let scrape = meter.scrape().await;
+        let done = scrape.sum("proxy_sent_bytes_total", &[]) == vendor.bytes_from_meter();
+        (done, scrape)
+    })
+    .await;
+    assert_eq!(reason_count(&scrape, "timeout"), 2);
+    assert_eq!(
+        scrape.sum("proxy_sent_bytes_total", &[]),
+        vendor.bytes_from_meter()
+    );
+    assert_eq!(scrape.sum("proxy_received_bytes_total", &[]), 0);
+    assert_eq!(
+        scrape.sum("proxy_requests_total", &[("status_class", "5xx")]),
+        2
+    );
+}

@@ -1,0 +1,104 @@
+//! What every metering test file shares: a world of origin, vendor and meter, and a way to wait
+//! until the bytes have stopped moving before asserting exact values.
+
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use pt_load::client::{ProxyEndpoint, WireCounters};
+use pt_metrics::exposition::Scrape;
+use pt_testkit::meter::{MeterSetup, TestMeter};
+use pt_testkit::origin::Origin;
+use pt_testkit::pki::TestPki;
+use pt_testkit::vendor::FakeVendor;
+
+pub const HOSTS: [&str; 4] = [
+    "shop-a.test",
+    "www.shop-a.test",
+    "news-b.test",
+    "api.data-c.test",
+];
+pub const VENDOR_PASSWORD: &str = "vendor-canary-5d1e";
+
+pub struct World {
+    pub pki: TestPki,
+    pub origin: Origin,
+    pub vendor: FakeVendor,
+    pub meter: TestMeter,
+}
+
+/// An origin serving [`HOSTS`], a vendor requiring the meter's credentials, and a meter with
+/// that vendor as its default, plus `extra` YAML.
+pub async fn world(extra: &str) -> World {
+    let pki = TestPki::new(&HOSTS);
+    let origin = Origin::start(&pki).await;
+    let vendor = vendor_for(&origin).await;
+    let meter = MeterSetup::new()
+        .vendor("vendor-a", &vendor, Some(VENDOR_PASSWORD))
+        .yaml("routing:\n  default_vendor: vendor-a")
+        .yaml(extra)
+        .spawn()
+        .await;
+    World {
+        pki,
+        origin,
+        vendor,
+        meter,
+    }
+}
+
+/// A vendor that resolves every test host to `origin` and requires the meter's credentials.
+pub async fn vendor_for(origin: &Origin) -> FakeVendor {
+    let mut builder =
+        FakeVendor::builder().credentials(pt_testkit::meter::VENDOR_USERNAME, VENDOR_PASSWORD);
+    for host in HOSTS {
+        builder = builder.route(host, origin);
+    }
+    builder.start().await
+}
+
+impl World {
+    /// The meter as the crawler pod `namespace/pod` sees it.
+    pub fn proxy_for(&self, pod: &str) -> ProxyEndpoint {
+        ProxyEndpoint::new(self.meter.proxy()).with_credentials(pod, "unused")
+    }
+
+    pub fn roots(&self) -> Arc<rustls::RootCertStore> {
+        self.pki.roots.clone()
+    }
+
+    /// Waits until the meter's byte counters equal the vendor's books and no tunnel is open,
+    /// then returns the scrape (or the last scrape after 10 s, for the assertions to explain).
+    pub async fn settled(&self) -> Scrape {
+        settle(|| async {
+            let scrape = self.meter.scrape().await;
+            let done = scrape.sum("proxy_sent_bytes_total", &[]) == self.vendor.bytes_from_meter()
+                && scrape.sum("proxy_received_bytes_total", &[]) == self.vendor.bytes_to_meter()
+                && scrape.sum("proxy_active_tunnels", &[]) == 0;
+            (done, scrape)
+        })
+        .await
+    }
+}
+
+/// Polls `probe` every 20 ms until it reports done, for at most 10 s.
+pub async fn settle<T, F, Fut>(mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = (bool, T)>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (done, value) = probe().await;
+        if done || tokio::time::Instant::now() >= deadline {
+            return value;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+pub fn counters() -> Arc<WireCounters> {
+    Arc::new(WireCounters::default())
+}

@@ -1,0 +1,472 @@
+//! Fake proxy vendors that behave like real ones and keep books of every byte.
+//!
+//! A [`FakeVendor`] is an HTTP proxy: CONNECT tunnels and absolute-form requests, Basic
+//! credentials checked (407 with a challenge otherwise), destination names resolved through a
+//! built-in map to local [`Origin`]s. Every accepted connection is wrapped in a recorder that
+//! counts the bytes read from and written to the meter, and splits a keep-alive connection into
+//! exchanges by its own reading of the stream: a read that follows a write starts the next
+//! request (HTTP/1.1 without pipelining alternates request and response). That split is
+//! independent of how the meter attributes bytes, so it can check the meter.
+//!
+//! Fault modes answer like broken vendors do: always 407, reset in the middle of a response
+//! body, or accept and never answer.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use base64::Engine;
+use bytes::Bytes;
+use http::header::{PROXY_AUTHENTICATE, PROXY_AUTHORIZATION};
+use http::{HeaderValue, Method, Request, Response, StatusCode, Uri};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::origin::Origin;
+
+/// How the vendor misbehaves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Fault {
+    #[default]
+    None,
+    /// Answers every request with 407 and a challenge.
+    AlwaysDenyAuth,
+    /// Answers `200` with `Content-Length: 1000000`, sends [`RESET_AFTER`] body bytes, then
+    /// resets the connection. CONNECT gets `200`, then the same bytes, then a reset.
+    ResetMidBody,
+    /// Reads whatever comes and never answers.
+    Blackhole,
+}
+
+/// Body bytes a [`Fault::ResetMidBody`] vendor sends before resetting.
+pub const RESET_AFTER: usize = 1000;
+
+/// One request/response turn on a connection, as the vendor saw it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ExchangeBytes {
+    /// The request target (absolute URI or CONNECT authority), when hyper parsed one.
+    pub target: String,
+    pub from_meter: u64,
+    pub to_meter: u64,
+}
+
+/// Books of one accepted connection.
+#[derive(Debug, Default)]
+pub struct ConnectionBook {
+    pub from_meter: AtomicU64,
+    pub to_meter: AtomicU64,
+    /// True when the connection became a tunnel.
+    pub tunnel: AtomicBool,
+    last_was_write: AtomicBool,
+    exchanges: Mutex<Vec<ExchangeBytes>>,
+    targets: Mutex<Vec<String>>,
+}
+
+impl ConnectionBook {
+    /// The exchanges of a keep-alive connection, each with its request target.
+    pub fn exchanges(&self) -> Vec<ExchangeBytes> {
+        let mut exchanges = self.exchanges.lock().expect("book").clone();
+        let targets = self.targets.lock().expect("book");
+        for (exchange, target) in exchanges.iter_mut().zip(targets.iter()) {
+            exchange.target = target.clone();
+        }
+        exchanges
+    }
+
+    fn read(&self, n: u64) {
+        if n == 0 {
+            return;
+        }
+        self.from_meter.fetch_add(n, Ordering::SeqCst);
+        let mut exchanges = self.exchanges.lock().expect("book");
+        if exchanges.is_empty() || self.last_was_write.swap(false, Ordering::SeqCst) {
+            exchanges.push(ExchangeBytes::default());
+        }
+        if let Some(current) = exchanges.last_mut() {
+            current.from_meter += n;
+        }
+    }
+
+    fn wrote(&self, n: u64) {
+        self.to_meter.fetch_add(n, Ordering::SeqCst);
+        self.last_was_write.store(true, Ordering::SeqCst);
+        let mut exchanges = self.exchanges.lock().expect("book");
+        if exchanges.is_empty() {
+            exchanges.push(ExchangeBytes::default());
+        }
+        if let Some(current) = exchanges.last_mut() {
+            current.to_meter += n;
+        }
+    }
+}
+
+/// A header-level record of a request the vendor received.
+#[derive(Clone, Debug)]
+pub struct SeenRequest {
+    pub method: String,
+    pub target: String,
+    /// Every header as `name: value`.
+    pub headers: Vec<String>,
+}
+
+#[derive(Debug)]
+struct State {
+    credentials: Option<String>,
+    fault: Fault,
+    names: HashMap<String, Origin>,
+    connections: Mutex<Vec<Arc<ConnectionBook>>>,
+    requests: Mutex<Vec<SeenRequest>>,
+}
+
+/// A running fake vendor.
+#[derive(Debug, Clone)]
+pub struct FakeVendor {
+    pub address: SocketAddr,
+    state: Arc<State>,
+}
+
+/// Builder of a [`FakeVendor`].
+#[derive(Debug, Default)]
+pub struct VendorBuilder {
+    credentials: Option<(String, String)>,
+    fault: Fault,
+    names: HashMap<String, Origin>,
+}
+
+impl VendorBuilder {
+    /// Requires `Proxy-Authorization: Basic` with these credentials.
+    pub fn credentials(mut self, username: &str, password: &str) -> Self {
+        self.credentials = Some((username.to_owned(), password.to_owned()));
+        self
+    }
+
+    pub fn fault(mut self, fault: Fault) -> Self {
+        self.fault = fault;
+        self
+    }
+
+    /// Resolves `host` to `origin` (port 80 to its HTTP port, 443 to its HTTPS port).
+    pub fn route(mut self, host: &str, origin: &Origin) -> Self {
+        self.names.insert(host.to_owned(), origin.clone());
+        self
+    }
+
+    pub async fn start(self) -> FakeVendor {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind vendor");
+        let address = listener.local_addr().expect("bound address");
+        let state = Arc::new(State {
+            credentials: self.credentials.map(|(u, p)| {
+                format!(
+                    "Basic {}",
+                    base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}"))
+                )
+            }),
+            fault: self.fault,
+            names: self.names,
+            connections: Mutex::new(Vec::new()),
+            requests: Mutex::new(Vec::new()),
+        });
+        tokio::spawn(accept(listener, state.clone()));
+        FakeVendor { address, state }
+    }
+}
+
+impl FakeVendor {
+    pub fn builder() -> VendorBuilder {
+        VendorBuilder::default()
+    }
+
+    /// Every connection accepted so far.
+    pub fn connections(&self) -> Vec<Arc<ConnectionBook>> {
+        self.state.connections.lock().expect("books").clone()
+    }
+
+    /// Bytes read from the meter over all connections.
+    pub fn bytes_from_meter(&self) -> u64 {
+        self.connections()
+            .iter()
+            .map(|c| c.from_meter.load(Ordering::SeqCst))
+            .sum()
+    }
+
+    /// Bytes written to the meter over all connections.
+    pub fn bytes_to_meter(&self) -> u64 {
+        self.connections()
+            .iter()
+            .map(|c| c.to_meter.load(Ordering::SeqCst))
+            .sum()
+    }
+
+    /// Every request seen, in arrival order.
+    pub fn requests(&self) -> Vec<SeenRequest> {
+        self.state.requests.lock().expect("requests").clone()
+    }
+
+    /// The exchanges of every non-tunnel connection.
+    pub fn exchanges(&self) -> Vec<ExchangeBytes> {
+        self.connections()
+            .iter()
+            .filter(|c| !c.tunnel.load(Ordering::SeqCst))
+            .flat_map(|c| c.exchanges())
+            .collect()
+    }
+}
+
+async fn accept(listener: TcpListener, state: Arc<State>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let book = Arc::new(ConnectionBook::default());
+        state.connections.lock().expect("books").push(book.clone());
+        let io = Recorder {
+            io: stream,
+            book: book.clone(),
+        };
+        let state = state.clone();
+        tokio::spawn(async move {
+            match state.fault {
+                Fault::None => serve(io, state, book).await,
+                fault => misbehave(io, fault).await,
+            }
+        });
+    }
+}
+
+type VendorBody = BoxBody<Bytes, hyper::Error>;
+
+async fn serve(io: Recorder, state: Arc<State>, book: Arc<ConnectionBook>) {
+    let service = service_fn(move |request: Request<Incoming>| {
+        let state = state.clone();
+        let book = book.clone();
+        async move { Ok::<_, Infallible>(handle(request, &state, &book).await) }
+    });
+    let _ = hyper::server::conn::http1::Builder::new()
+        .preserve_header_case(true)
+        .serve_connection(TokioIo::new(io), service)
+        .with_upgrades()
+        .await;
+}
+
+fn plain(status: StatusCode, body: &'static str) -> Response<VendorBody> {
+    let mut response = Response::new(
+        Full::new(Bytes::from_static(body.as_bytes()))
+            .map_err(|n| match n {})
+            .boxed(),
+    );
+    *response.status_mut() = status;
+    response
+}
+
+async fn handle(
+    mut request: Request<Incoming>,
+    state: &State,
+    book: &ConnectionBook,
+) -> Response<VendorBody> {
+    let target = request.uri().to_string();
+    book.targets.lock().expect("book").push(target.clone());
+    state.requests.lock().expect("requests").push(SeenRequest {
+        method: request.method().to_string(),
+        target,
+        headers: request
+            .headers()
+            .iter()
+            .map(|(k, v)| format!("{k}: {}", String::from_utf8_lossy(v.as_bytes())))
+            .collect(),
+    });
+    if let Some(expected) = &state.credentials {
+        let given = request
+            .headers()
+            .get(PROXY_AUTHORIZATION)
+            .map(HeaderValue::as_bytes);
+        if given != Some(expected.as_bytes()) {
+            let mut response = plain(
+                StatusCode::PROXY_AUTHENTICATION_REQUIRED,
+                "fake vendor: credentials required\n",
+            );
+            response.headers_mut().insert(
+                PROXY_AUTHENTICATE,
+                HeaderValue::from_static("Basic realm=\"fake-vendor\""),
+            );
+            return response;
+        }
+    }
+    let Some(authority) = request.uri().authority().cloned() else {
+        return plain(
+            StatusCode::BAD_REQUEST,
+            "fake vendor: absolute-form or CONNECT only\n",
+        );
+    };
+    let default_port = if request.method() == Method::CONNECT {
+        443
+    } else {
+        80
+    };
+    let port = authority.port_u16().unwrap_or(default_port);
+    let Some(destination) = resolve(&state.names, authority.host(), port) else {
+        return plain(
+            StatusCode::BAD_GATEWAY,
+            "fake vendor: unknown destination\n",
+        );
+    };
+    if request.method() == Method::CONNECT {
+        book.tunnel.store(true, Ordering::SeqCst);
+        let Ok(mut upstream) = TcpStream::connect(destination).await else {
+            return plain(
+                StatusCode::BAD_GATEWAY,
+                "fake vendor: destination refused\n",
+            );
+        };
+        let on_upgrade = hyper::upgrade::on(&mut request);
+        tokio::spawn(async move {
+            if let Ok(upgraded) = on_upgrade.await {
+                let mut client = TokioIo::new(upgraded);
+                let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+            }
+        });
+        return Response::new(Empty::new().map_err(|n| match n {}).boxed());
+    }
+    forward(request, destination).await
+}
+
+/// The origin address of `host:port`: through the name map, or an IP literal as written.
+fn resolve(names: &HashMap<String, Origin>, host: &str, port: u16) -> Option<SocketAddr> {
+    if let Some(origin) = names.get(host) {
+        return match port {
+            80 => Some(origin.http),
+            443 => Some(origin.https),
+            _ => None,
+        };
+    }
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.parse().ok().map(|ip| SocketAddr::new(ip, port))
+}
+
+/// Sends an absolute-form request on to the origin in origin-form, as a vendor does.
+async fn forward(request: Request<Incoming>, destination: SocketAddr) -> Response<VendorBody> {
+    let Ok(stream) = TcpStream::connect(destination).await else {
+        return plain(
+            StatusCode::BAD_GATEWAY,
+            "fake vendor: destination refused\n",
+        );
+    };
+    let Ok((mut sender, connection)) =
+        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await
+    else {
+        return plain(StatusCode::BAD_GATEWAY, "fake vendor: handshake failed\n");
+    };
+    tokio::spawn(connection);
+    let (mut parts, body) = request.into_parts();
+    parts.uri = parts
+        .uri
+        .path_and_query()
+        .map(|p| Uri::from(p.clone()))
+        .unwrap_or_else(|| Uri::from_static("/"));
+    parts.headers.remove(PROXY_AUTHORIZATION);
+    parts.headers.remove("proxy-connection");
+    match sender.send_request(Request::from_parts(parts, body)).await {
+        Ok(response) => response.map(BodyExt::boxed),
+        Err(_) => plain(StatusCode::BAD_GATEWAY, "fake vendor: origin failed\n"),
+    }
+}
+
+/// The fault modes, on the raw (recorded) socket.
+async fn misbehave(mut io: Recorder, fault: Fault) {
+    let mut head = Vec::new();
+    let mut buf = [0u8; 4096];
+    // Read one request head.
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        match io.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+        }
+    }
+    match fault {
+        Fault::None => {}
+        Fault::AlwaysDenyAuth => {
+            let _ = io
+                .write_all(
+                    b"HTTP/1.1 407 Proxy Authentication Required\r\n\
+                      Proxy-Authenticate: Basic realm=\"fake-vendor-challenge\"\r\n\
+                      Content-Length: 0\r\n\r\n",
+                )
+                .await;
+            // Let the meter read the answer before the connection closes.
+            let _ = tokio::time::timeout(Duration::from_secs(5), io.read(&mut buf)).await;
+        }
+        Fault::ResetMidBody => {
+            let answer: &[u8] = if head.starts_with(b"CONNECT") {
+                b"HTTP/1.1 200 Connection established\r\n\r\n"
+            } else {
+                b"HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\n"
+            };
+            let _ = io.write_all(answer).await;
+            let _ = io.write_all(&[b'x'; RESET_AFTER]).await;
+            let _ = io.flush().await;
+            // Give the meter time to read what was sent, so the reset loses no counted byte.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let _ = socket2::SockRef::from(&io.io).set_linger(Some(Duration::ZERO));
+        }
+        Fault::Blackhole => loop {
+            match io.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        },
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The vendor side of a connection, booking every byte.
+    struct Recorder {
+        #[pin]
+        io: TcpStream,
+        book: Arc<ConnectionBook>,
+    }
+}
+
+impl AsyncRead for Recorder {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.project();
+        let before = buf.filled().len();
+        ready!(this.io.poll_read(cx, buf))?;
+        this.book.read((buf.filled().len() - before) as u64);
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncWrite for Recorder {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.project();
+        let n = ready!(this.io.poll_write(cx, buf))?;
+        this.book.wrote(n as u64);
+        Poll::Ready(Ok(n))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.project().io.poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.project().io.poll_shutdown(cx)
+    }
+}

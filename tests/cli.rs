@@ -3,6 +3,8 @@
 //!
 //! These tests need `curl` on the PATH (CI installs it); without it they fail, they do not skip.
 
+#![allow(clippy::unwrap_used)] // Tests: a failed unwrap is a failed test.
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};

@@ -311,19 +311,18 @@ mod tests {
             let (near, mut far) = tokio::io::duplex(1024);
             let tally = Tally::new(first);
             let mut metered = MeteredIo::new(near, tally.clone());
-            metered
-                .write_all(b"CONNECT 10.0.0.1:443 HTTP/1.1\r\n\r\n")
-                .await
-                .unwrap();
+            let handshake = b"CONNECT 10.0.0.1:443 HTTP/1.1\r\n\r\n";
+            metered.write_all(handshake).await.unwrap();
             let (dest_sent, dest_received) = (Counter::default(), Counter::default());
             let resolved = tally.resolve_destination(dest_sent.clone(), dest_received.clone());
             metered.write_all(b"hello").await.unwrap();
             far.write_all(b"abc").await.unwrap();
             let mut buf = [0u8; 3];
             metered.read_exact(&mut buf).await.unwrap();
-            assert_eq!(dest_sent.get(), 34 + 5);
-            assert_eq!(pod_sent.get(), 34 + 5);
-            assert_eq!(resolved.sent(), 34 + 5);
+            let expected = (handshake.len() + b"hello".len()) as u64;
+            assert_eq!(dest_sent.get(), expected);
+            assert_eq!(pod_sent.get(), expected);
+            assert_eq!(resolved.sent(), expected);
             assert_eq!(dest_received.get(), 3);
         });
     }

@@ -143,8 +143,7 @@ impl Exchange {
             return;
         }
         self.status = Some(status);
-        let _ = self
-            .shared
+        self.shared
             .metrics
             .request_duration
             .get_or_create(&LatencyLabels {

@@ -1,6 +1,8 @@
 //! Broken vendors: each failure gives the client the right status, the metrics the right
 //! reason, and the bytes that did cross the vendor socket are still counted exactly.
 
+#![allow(clippy::unwrap_used)] // Tests: a failed unwrap is a failed test.
+
 mod support;
 
 use http::Method;

@@ -1,5 +1,7 @@
 //! Operating the meter: admin endpoints, draining on shutdown, idle timeouts.
 
+#![allow(clippy::unwrap_used)] // Tests: a failed unwrap is a failed test.
+
 mod support;
 
 use std::time::Duration;

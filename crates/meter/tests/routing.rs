@@ -1,6 +1,8 @@
 //! Choosing the vendor: dedicated listener, then the vendor header, then the username map,
 //! then the default or the weights. A name that matches no vendor is refused, nothing forwarded.
 
+#![allow(clippy::unwrap_used)] // Tests: a failed unwrap is a failed test.
+
 mod support;
 
 use http::Method;

@@ -1,6 +1,8 @@
 //! Security fails closed: no open proxy, no private destinations, no credential leaks, no
 //! request smuggling, every size bounded. Each refusal forwards nothing and is counted.
 
+#![allow(clippy::unwrap_used)] // Tests: a failed unwrap is a failed test.
+
 mod support;
 
 use std::time::Duration;

@@ -15,6 +15,8 @@
 pub mod authority;
 pub mod client_hello;
 pub mod destination;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod net;
 
 pub use authority::{Authority, AuthorityError, Host};

@@ -238,3 +238,248 @@ fn curl_through_the_meter_binary_is_metered_exactly() {
     );
     assert!(!stdout.contains("cli-vendor-secret"));
 }
+
+/// Runs the binary with `args` and `env` to completion: (exit code, stdout, stderr).
+fn run_binary(args: &[&str], env: &[(&str, String)]) -> (Option<i32>, String, String) {
+    let output = Command::new(BINARY)
+        .args(args)
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .output()
+        .unwrap();
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// Origin, two fake vendors, and a meter that knows `meter_vendors` of them.
+struct Stack {
+    runtime: tokio::runtime::Runtime,
+    pki: TestPki,
+    meter: pt_testkit::meter::TestMeter,
+}
+
+fn stack(meter_vendors: &[&str]) -> Stack {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let pki = TestPki::new(&["shop-a.test", "www.news-b.test"]);
+    let meter = runtime.block_on(async {
+        let origin = Origin::start(&pki).await;
+        let mut setup = pt_testkit::meter::MeterSetup::new();
+        for name in meter_vendors {
+            let vendor = FakeVendor::builder()
+                .credentials("meter", "pw")
+                .route("shop-a.test", &origin)
+                .route("www.news-b.test", &origin)
+                .start()
+                .await;
+            setup = setup.vendor(name, &vendor, Some("pw"));
+        }
+        setup.spawn().await
+    });
+    Stack {
+        runtime,
+        pki,
+        meter,
+    }
+}
+
+impl Stack {
+    /// Runs `load` in container mode (environment only) for two seconds; returns the ledger path.
+    fn load(&self, name: &str, weights: &str) -> std::path::PathBuf {
+        let dir = temp_dir(name);
+        let ca = dir.join("ca.pem");
+        std::fs::write(&ca, &self.pki.ca_pem).unwrap();
+        let ledger = dir.join("ledger.json");
+        let env = [
+            ("PROXY_URL", format!("http://{}", self.meter.proxy())),
+            ("VENDOR_WEIGHTS", weights.to_owned()),
+            ("PODS", "3".to_owned()),
+            ("POD_NAMESPACE", "crawlers".to_owned()),
+            ("POD_NAME", "crawler".to_owned()),
+            ("REQUESTS_PER_SECOND", "20".to_owned()),
+            ("CONCURRENCY", "10".to_owned()),
+            ("DURATION", "2s".to_owned()),
+            (
+                "TARGETS",
+                "GET http://shop-a.test/bytes/1000 h1 x2;GET http://www.news-b.test/bytes/300 h2;\
+                 GET https://shop-a.test/bytes/5000 h1;POST https://www.news-b.test/upload body=100-900 h2;\
+                 GET https://shop-a.test/bytes/700 h1 tunnel=h2"
+                    .to_owned(),
+            ),
+            ("CA_FILE", ca.display().to_string()),
+            ("LEDGER", ledger.display().to_string()),
+            ("REQUESTS_PER_CONNECTION", "5".to_owned()),
+        ];
+        let (code, stdout, stderr) = run_binary(&["load"], &env);
+        assert_eq!(code, Some(0), "load failed:\n{stdout}\n{stderr}");
+        // Wait until the meter has seen every tunnel close.
+        self.runtime.block_on(async {
+            for _ in 0..500 {
+                if self.meter.scrape().await.sum("proxy_active_tunnels", &[]) == 0 {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        });
+        ledger
+    }
+
+    fn check(&self, ledger: &std::path::Path, vendors: &[&str]) -> (Option<i32>, String) {
+        let url = format!("http://{}/metrics", self.meter.admin);
+        let mut args = vec![
+            "check",
+            "--metrics-url",
+            &url,
+            "--expect",
+            ledger.to_str().unwrap(),
+        ];
+        for vendor in vendors {
+            args.extend(["--vendor", vendor]);
+        }
+        let (code, stdout, _) = run_binary(&args, &[]);
+        (code, stdout)
+    }
+}
+
+#[test]
+fn load_in_container_mode_then_check_reconciles_exactly() {
+    let stack = stack(&["vendor-a", "vendor-b"]);
+    let ledger_path = stack.load("reconcile", "vendor-a=60,vendor-b=40");
+    let ledger =
+        pt_load::ledger::Ledger::from_json(&std::fs::read_to_string(&ledger_path).unwrap())
+            .unwrap();
+    let total: u64 = ledger
+        .entries
+        .iter()
+        .map(|e| e.proxy_requests.total())
+        .sum();
+    assert!(total > 50, "the fleet made {total} proxy requests");
+    assert!(
+        ledger
+            .entries
+            .iter()
+            .any(|e| e.proxy_requests.connect > 0 && e.proxy_requests.h2 == 0)
+    );
+    let (code, stdout) = stack.check(&ledger_path, &["vendor-a", "vendor-b"]);
+    assert_eq!(code, Some(0), "{stdout}");
+    assert!(stdout.contains("ALL CHECKS PASSED"));
+    for id in ["A)", "B)", "C)", "D)", "E)"] {
+        let line = stdout.lines().find(|l| l.starts_with(id)).unwrap();
+        assert!(line.ends_with("PASS"), "{line}");
+    }
+}
+
+#[test]
+fn check_fails_with_a_clear_reason_when_the_meter_lacks_a_vendor() {
+    let stack = stack(&["vendor-a"]);
+    let ledger = stack.load("broken", "vendor-a=50,vendor-b=50");
+    let (code, stdout) = stack.check(&ledger, &["vendor-a", "vendor-b"]);
+    assert_eq!(code, Some(1), "{stdout}");
+    assert!(stdout.contains("✗ vendor-b: no requests"), "{stdout}");
+    assert!(
+        stdout.contains("E) Reconciliation with the load ledger"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("meter 0, ground truth"), "{stdout}");
+    assert!(stdout.contains("SOME CHECKS FAILED"));
+}
+
+#[test]
+fn the_demo_runs_non_interactively_and_every_check_passes() {
+    let out = temp_dir("demo");
+    let (code, stdout, stderr) = run_binary(
+        &[
+            "demo",
+            "--duration",
+            "3s",
+            "--pods",
+            "3",
+            "--rate",
+            "30",
+            "--live",
+            "off",
+            "--admin",
+            "127.0.0.1:0",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_eq!(code, Some(0), "{stdout}\n{stderr}");
+    for id in ["A)", "B)", "C)", "D)", "E)", "F)", "G)"] {
+        let line = stdout
+            .lines()
+            .find(|l| l.starts_with(id))
+            .unwrap_or_else(|| panic!("no {id} in {stdout}"));
+        assert!(line.ends_with("PASS"), "{line}");
+    }
+    assert!(stdout.contains("ALL CHECKS PASSED"));
+    for file in ["meter.yaml", "ledger.json", "access.log", "verdict.json"] {
+        assert!(out.join(file).is_file(), "{file} written");
+    }
+    // The written meter config is valid on its own (with the fake vendors' passwords).
+    let env: Vec<(String, String)> = std::fs::read_to_string(out.join("demo.env"))
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+    let output = Command::new(BINARY)
+        .args(["meter", "--check-config", "--config"])
+        .arg(out.join("meter.yaml"))
+        .envs(env)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[test]
+fn the_demo_live_view_renders_under_tmux() {
+    let out = temp_dir("demo-tmux");
+    let socket = format!("pt-test-{}", std::process::id());
+    let command = format!(
+        "{BINARY} demo --duration 4s --pods 2 --rate 20 --live on --admin 127.0.0.1:0 --out {}; sleep 30",
+        out.display()
+    );
+    let tmux = |args: &[&str]| {
+        Command::new("tmux")
+            .args(["-L", &socket])
+            .args(args)
+            .output()
+            .expect("tmux must be installed (CI installs it)")
+    };
+    let started = tmux(&["new-session", "-d", "-x", "160", "-y", "50", &command]);
+    assert!(
+        started.status.success(),
+        "{}",
+        String::from_utf8_lossy(&started.stderr)
+    );
+    let mut screen = String::new();
+    for _ in 0..100 {
+        std::thread::sleep(Duration::from_millis(100));
+        screen = String::from_utf8_lossy(&tmux(&["capture-pane", "-p"]).stdout).into_owned();
+        if screen.contains("TOP DESTINATIONS") && screen.contains("vendor-b") {
+            break;
+        }
+    }
+    let _ = tmux(&["kill-server"]);
+    for expected in [
+        "VENDOR",
+        "req/s",
+        "received/s",
+        "TOP DESTINATIONS",
+        "TOP PODS",
+        "vendor-a",
+        "meter metrics: http://127.0.0.1:",
+    ] {
+        assert!(
+            screen.contains(expected),
+            "{expected:?} not on screen:\n{screen}"
+        );
+    }
+}

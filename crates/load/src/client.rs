@@ -91,8 +91,12 @@ impl ProxyEndpoint {
         self
     }
 
-    pub fn with_header(mut self, name: &'static str, value: &str) -> ProxyEndpoint {
-        if let Ok(value) = HeaderValue::from_str(value) {
+    /// Adds a header sent on every request to the proxy (ignored if not a valid header).
+    pub fn with_header(mut self, name: &str, value: &str) -> ProxyEndpoint {
+        if let (Ok(name), Ok(value)) = (
+            http::HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(value),
+        ) {
             self.headers.insert(name, value);
         }
         self
@@ -125,14 +129,19 @@ impl ProxyEndpoint {
     }
 }
 
-/// Bytes a client wrote to and read from the proxy.
+/// Bytes a client wrote to and read from the proxy, and how many counted connections are open.
 #[derive(Debug, Default)]
 pub struct WireCounters {
     written: AtomicU64,
     read: AtomicU64,
+    open: AtomicU64,
 }
 
 impl WireCounters {
+    /// Counted connections not yet closed.
+    pub fn open(&self) -> u64 {
+        self.open.load(Ordering::Relaxed)
+    }
     pub fn written(&self) -> u64 {
         self.written.load(Ordering::Relaxed)
     }
@@ -149,10 +158,17 @@ pin_project_lite::pin_project! {
         io: T,
         counters: Arc<WireCounters>,
     }
+
+    impl<T> PinnedDrop for CountingIo<T> {
+        fn drop(this: Pin<&mut Self>) {
+            this.project().counters.open.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
 }
 
 impl<T> CountingIo<T> {
     pub fn new(io: T, counters: Arc<WireCounters>) -> CountingIo<T> {
+        counters.open.fetch_add(1, Ordering::Relaxed);
         CountingIo { io, counters }
     }
 }
@@ -313,6 +329,30 @@ where
         .connect(name, io)
         .await
         .map_err(ClientError::Tls)
+}
+
+/// The Mozilla root certificates, for https:// targets on the public Internet.
+pub fn mozilla_roots() -> rustls::RootCertStore {
+    rustls::RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    }
+}
+
+/// A trust store of the PEM certificates in `pem`.
+pub fn roots_from_pem(pem: &[u8]) -> Result<rustls::RootCertStore, String> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(pem) {
+        let cert = cert.map_err(|e| format!("invalid PEM: {e}"))?;
+        roots
+            .add(cert)
+            .map_err(|e| format!("invalid certificate: {e}"))?;
+    }
+    if roots.is_empty() {
+        return Err("no certificate found".into());
+    }
+    Ok(roots)
 }
 
 /// Reads a response body to its end, returning its length.

@@ -3,6 +3,7 @@
 //!
 //! Paths:
 //! - `GET /bytes/N` answers `N` bytes (Content-Length); `GET /chunked/N` answers them chunked;
+//! - `GET /random/MIN-MAX` answers a size drawn uniformly from the range (varied responses);
 //! - any request with a body is read to its end and answered `received N`;
 //! - anything else answers a short page naming the host and path.
 //!
@@ -87,6 +88,8 @@ async fn serve(
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
+        // Like real servers: small responses leave at once (no Nagle / delayed-ACK stalls).
+        let _ = stream.set_nodelay(true);
         let requests = requests.clone();
         let tls = tls.clone();
         tokio::spawn(async move {
@@ -169,6 +172,14 @@ async fn answer(
     }
     if let Some(n) = size("/chunked/") {
         return generated(n, false);
+    }
+    if let Some((min, max)) = path
+        .strip_prefix("/random/")
+        .and_then(|r| r.split_once('-'))
+        .and_then(|(a, b)| Some((a.parse::<u64>().ok()?, b.parse::<u64>().ok()?)))
+        .filter(|(a, b)| a <= b && *b <= MAX_GENERATED_BODY)
+    {
+        return generated(rand::random_range(min..=max), true);
     }
     text(format!("hello from {host}{path}\n"))
 }

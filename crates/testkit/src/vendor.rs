@@ -228,6 +228,8 @@ async fn accept(listener: TcpListener, state: Arc<State>) {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
+        // Like real proxies: small answers leave at once (no Nagle / delayed-ACK stalls).
+        let _ = stream.set_nodelay(true);
         let book = Arc::new(ConnectionBook::default());
         state.connections.lock().expect("books").push(book.clone());
         let io = Recorder {
@@ -328,6 +330,7 @@ async fn handle(
                 "fake vendor: destination refused\n",
             );
         };
+        let _ = upstream.set_nodelay(true);
         let on_upgrade = hyper::upgrade::on(&mut request);
         tokio::spawn(async move {
             if let Ok(upgraded) = on_upgrade.await {
@@ -361,6 +364,7 @@ async fn forward(request: Request<Incoming>, destination: SocketAddr) -> Respons
             "fake vendor: destination refused\n",
         );
     };
+    let _ = stream.set_nodelay(true);
     let Ok((mut sender, connection)) =
         hyper::client::conn::http1::handshake(TokioIo::new(stream)).await
     else {

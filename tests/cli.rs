@@ -483,3 +483,28 @@ fn the_demo_live_view_renders_under_tmux() {
         );
     }
 }
+
+#[test]
+fn the_demo_checks_again_through_promql_with_a_real_prometheus() {
+    let prometheus = std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+        .map(|dir| dir.join("prometheus"))
+        .any(|p| p.is_file());
+    assert!(prometheus, "prometheus must be installed for this test (CI installs Debian's package)");
+    let out = temp_dir("demo-prometheus");
+    let (code, stdout, stderr) = run_binary(
+        &[
+            "demo", "--prometheus", "--duration", "3s", "--pods", "2", "--rate", "20", "--live", "off",
+            "--admin", "127.0.0.1:0", "--out", out.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_eq!(code, Some(0), "{stdout}\n{stderr}");
+    let promql = stdout
+        .split("== the same checks through PromQL")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no PromQL section:\n{stdout}"));
+    for id in ["A)", "B)", "C)", "D)", "E)"] {
+        let line = promql.lines().find(|l| l.starts_with(id)).unwrap();
+        assert!(line.ends_with("PASS"), "{line}");
+    }
+}

@@ -489,12 +489,27 @@ fn the_demo_checks_again_through_promql_with_a_real_prometheus() {
     let prometheus = std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
         .map(|dir| dir.join("prometheus"))
         .any(|p| p.is_file());
-    assert!(prometheus, "prometheus must be installed for this test (CI installs Debian's package)");
+    assert!(
+        prometheus,
+        "prometheus must be installed for this test (CI installs Debian's package)"
+    );
     let out = temp_dir("demo-prometheus");
     let (code, stdout, stderr) = run_binary(
         &[
-            "demo", "--prometheus", "--duration", "3s", "--pods", "2", "--rate", "20", "--live", "off",
-            "--admin", "127.0.0.1:0", "--out", out.to_str().unwrap(),
+            "demo",
+            "--prometheus",
+            "--duration",
+            "3s",
+            "--pods",
+            "2",
+            "--rate",
+            "20",
+            "--live",
+            "off",
+            "--admin",
+            "127.0.0.1:0",
+            "--out",
+            out.to_str().unwrap(),
         ],
         &[],
     );

@@ -146,6 +146,8 @@ pub struct MetricsConfig {
     pub destination_key: Option<DestinationKey>,
     pub max_destinations_per_vendor: usize,
     pub max_pods: usize,
+    /// Off: no label resolution, no counter updates, no access log (benchmarks only).
+    pub metering: bool,
 }
 
 /// A set of ports.

@@ -168,6 +168,8 @@ pub struct RawMetrics {
     pub max_destinations_per_vendor: usize,
     /// Distinct (namespace, pod) identities before the rest fold into `other`.
     pub max_pods: usize,
+    /// Count requests and bytes. Off only to measure what metering costs (benchmarks).
+    pub metering: bool,
 }
 
 impl Default for RawMetrics {
@@ -176,6 +178,7 @@ impl Default for RawMetrics {
             destination_label: "registrable_domain".into(),
             max_destinations_per_vendor: 100,
             max_pods: 1000,
+            metering: true,
         }
     }
 }

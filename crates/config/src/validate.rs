@@ -454,6 +454,7 @@ fn metrics(raw: &RawMetrics, errors: &mut Errors) -> MetricsConfig {
         },
         destination_key,
         max_pods: raw.max_pods,
+        metering: raw.metering,
     }
 }
 

@@ -27,8 +27,8 @@ use crate::activity::Activity;
 /// The counters one request or tunnel adds its vendor-socket bytes to, resolved once.
 #[derive(Debug)]
 pub struct Attribution {
-    pod_sent: Counter,
-    pod_received: Counter,
+    /// Sent and received counters of the pod family; `None` when metering is off.
+    pod: Option<(Counter, Counter)>,
     /// `None` when the destination families are off, or while a tunnel's destination is still
     /// unknown (see [`Tally::resolve_destination`]).
     destination: Option<(Counter, Counter)>,
@@ -38,13 +38,11 @@ pub struct Attribution {
 
 impl Attribution {
     pub fn new(
-        pod_sent: Counter,
-        pod_received: Counter,
+        pod: Option<(Counter, Counter)>,
         destination: Option<(Counter, Counter)>,
     ) -> Attribution {
         Attribution {
-            pod_sent,
-            pod_received,
+            pod,
             destination,
             sent: AtomicU64::new(0),
             received: AtomicU64::new(0),
@@ -62,7 +60,9 @@ impl Attribution {
     }
 
     fn add_sent(&self, n: u64) {
-        self.pod_sent.inc_by(n);
+        if let Some((sent, _)) = &self.pod {
+            sent.inc_by(n);
+        }
         if let Some((sent, _)) = &self.destination {
             sent.inc_by(n);
         }
@@ -70,7 +70,9 @@ impl Attribution {
     }
 
     fn add_received(&self, n: u64) {
-        self.pod_received.inc_by(n);
+        if let Some((_, received)) = &self.pod {
+            received.inc_by(n);
+        }
         if let Some((_, received)) = &self.destination {
             received.inc_by(n);
         }
@@ -109,8 +111,7 @@ impl Tally {
         let mut slot = self.slot();
         let before = &**slot;
         let next = Arc::new(Attribution {
-            pod_sent: before.pod_sent.clone(),
-            pod_received: before.pod_received.clone(),
+            pod: before.pod.clone(),
             destination: Some((sent.clone(), received.clone())),
             sent: AtomicU64::new(before.sent()),
             received: AtomicU64::new(before.received()),
@@ -239,7 +240,10 @@ mod tests {
 
     fn attribution() -> (Arc<Attribution>, Counter, Counter) {
         let (sent, received) = (Counter::default(), Counter::default());
-        let attribution = Arc::new(Attribution::new(sent.clone(), received.clone(), None));
+        let attribution = Arc::new(Attribution::new(
+            Some((sent.clone(), received.clone())),
+            None,
+        ));
         (attribution, sent, received)
     }
 

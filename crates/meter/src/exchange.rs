@@ -75,12 +75,14 @@ impl Exchange {
     /// destination later, from SNI ([`Exchange::resolve_destination`]).
     pub fn new(shared: Arc<Shared>, spec: ExchangeSpec, started: Instant) -> Exchange {
         let metrics = &shared.metrics;
+        let metering = shared.config.metrics.metering;
         let pod = PodLabels {
             proxy_vendor: spec.vendor.clone(),
             source_namespace: spec.identity.namespace.clone(),
             source_pod: spec.identity.pod.clone(),
         };
         let destination = match (shared.config.metrics.destination_key, &spec.host) {
+            _ if !metering => Destination::Known(None),
             (None, _) => Destination::Known(None),
             (Some(_), Host::V4(_) | Host::V6(_)) if spec.protocol == Protocol::Connect => {
                 Destination::Pending
@@ -95,19 +97,21 @@ impl Exchange {
             }
             _ => None,
         };
-        // Create the 2xx request series now, at zero, so `increase()` sees its first request.
-        let _ = metrics.requests.get_or_create(&RequestLabels {
-            proxy_vendor: pod.proxy_vendor.clone(),
-            source_namespace: pod.source_namespace.clone(),
-            source_pod: pod.source_pod.clone(),
-            protocol: spec.protocol,
-            status_class: StatusClass::Success,
+        let pod_counters = metering.then(|| {
+            // Create the 2xx request series now, at zero, so `increase()` sees its first request.
+            let _ = metrics.requests.get_or_create(&RequestLabels {
+                proxy_vendor: pod.proxy_vendor.clone(),
+                source_namespace: pod.source_namespace.clone(),
+                source_pod: pod.source_pod.clone(),
+                protocol: spec.protocol,
+                status_class: StatusClass::Success,
+            });
+            (
+                metrics.sent_bytes.get_or_create_owned(&pod),
+                metrics.received_bytes.get_or_create_owned(&pod),
+            )
         });
-        let attribution = Arc::new(Attribution::new(
-            metrics.sent_bytes.get_or_create_owned(&pod),
-            metrics.received_bytes.get_or_create_owned(&pod),
-            destination_counters,
-        ));
+        let attribution = Arc::new(Attribution::new(pod_counters, destination_counters));
         Exchange {
             vendor: spec.vendor,
             identity: spec.identity,
@@ -143,6 +147,10 @@ impl Exchange {
             return;
         }
         self.status = Some(status);
+        if !self.shared.config.metrics.metering {
+            self.counted = true;
+            return;
+        }
         self.shared
             .metrics
             .request_duration
@@ -157,7 +165,9 @@ impl Exchange {
     /// Records a failure: before the response head it decides the status the client gets;
     /// after it (a body cut short), it is only logged and counted as an upstream error.
     pub fn failed(&mut self, failure: Failure) {
-        if let Some(reason) = failure.upstream_reason() {
+        if let Some(reason) = failure.upstream_reason()
+            && self.shared.config.metrics.metering
+        {
             self.shared.metrics.upstream_error(&self.vendor, reason);
         }
         self.outcome = failure.reason();
@@ -181,6 +191,9 @@ impl Exchange {
 
     fn count(&mut self, class: StatusClass) {
         self.counted = true;
+        if !self.shared.config.metrics.metering {
+            return;
+        }
         self.shared
             .metrics
             .requests
@@ -260,7 +273,7 @@ impl Drop for Exchange {
             self.destination = Destination::Known(name);
             self.count_destination();
         }
-        if !self.shared.config.access_log {
+        if !self.shared.config.access_log || !self.shared.config.metrics.metering {
             return;
         }
         let record = AccessRecord {

@@ -287,13 +287,15 @@ fn classify(shared: &Shared, exchange: &mut Exchange, tally: &Tally, verdict: &S
         Sniff::NeedMore | Sniff::Malformed => (TunnelInner::Unknown, None),
     };
     exchange.inner = Some(inner);
-    shared
-        .metrics
-        .tunnels
-        .get_or_create(&TunnelLabels {
-            proxy_vendor: exchange.vendor.clone(),
-            inner,
-        })
-        .inc();
+    if shared.config.metrics.metering {
+        shared
+            .metrics
+            .tunnels
+            .get_or_create(&TunnelLabels {
+                proxy_vendor: exchange.vendor.clone(),
+                inner,
+            })
+            .inc();
+    }
     exchange.resolve_destination(tally, sni);
 }

@@ -277,8 +277,7 @@ impl Drop for Exchange {
             return;
         }
         let record = AccessRecord {
-            ts: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
-            client: self.client.to_string(),
+            client: self.client,
             vendor: self.vendor.as_str(),
             namespace: self.identity.namespace.as_str(),
             pod: self.identity.pod.as_str(),
@@ -291,14 +290,11 @@ impl Drop for Exchange {
             outcome: self.outcome,
             sent_bytes: self.attribution.sent(),
             received_bytes: self.attribution.received(),
-            // Microsecond resolution is plenty for a log line.
-            duration_ms: (self.started.elapsed().as_secs_f64() * 1e6).round() / 1e3,
+            duration: self.started.elapsed(),
             sni: self.sni.as_deref(),
-            alpn: self.alpn.iter().map(String::as_str).collect(),
+            alpn: &self.alpn,
             tunnel_inner: self.inner.map(TunnelInner::as_str),
         };
-        if let Ok(line) = serde_json::to_string(&record) {
-            self.shared.access_log.write_line(line);
-        }
+        self.shared.access_log.write_line(record.to_json());
     }
 }

@@ -24,17 +24,22 @@ pub trait PodResolver: Send + Sync + std::fmt::Debug {
     fn resolve(&self, metrics: &Metrics, peer: SocketAddr, username: Option<&str>) -> PodIdentity;
 }
 
-/// The same identity for every request (a sidecar's own pod).
+/// The same identity for every request (a sidecar's own pod), resolved once.
 #[derive(Debug)]
 pub struct FixedIdentity {
     namespace: String,
     pod: String,
+    resolved: std::sync::OnceLock<PodIdentity>,
 }
 
 impl PodResolver for FixedIdentity {
     fn resolve(&self, metrics: &Metrics, _: SocketAddr, _: Option<&str>) -> PodIdentity {
-        let (namespace, pod) = metrics.pod(&self.namespace, &self.pod);
-        PodIdentity { namespace, pod }
+        self.resolved
+            .get_or_init(|| {
+                let (namespace, pod) = metrics.pod(&self.namespace, &self.pod);
+                PodIdentity { namespace, pod }
+            })
+            .clone()
     }
 }
 
@@ -73,6 +78,7 @@ pub fn resolver(config: &IdentityConfig) -> Box<dyn PodResolver> {
         IdentityConfig::Fixed { namespace, pod } => Box::new(FixedIdentity {
             namespace: namespace.clone(),
             pod: pod.clone(),
+            resolved: std::sync::OnceLock::new(),
         }),
         IdentityConfig::ProxyUsername { default_namespace } => Box::new(UsernameIdentity {
             default_namespace: default_namespace.clone(),

@@ -196,6 +196,7 @@ impl RunningMeter {
             shared.stopped.cancel();
             let _ = tokio::time::timeout(ABORT_SETTLE, shared.tasks.wait()).await;
         }
+        shared.access_log.flush();
         tokio::time::sleep(shared.config.shutdown.final_scrape_delay).await;
         self.admin_stop.cancel();
         let _ = self.admin_task.await;

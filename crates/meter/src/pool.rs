@@ -7,6 +7,7 @@
 //! after its response body has been read to the end, which (without pipelining) means all of
 //! that request's bytes have crossed the socket.
 
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -53,9 +54,13 @@ struct Idle {
 }
 
 /// Idle connections of one vendor.
+///
+/// Idle connections are kept in the order they became idle, so expiry only ever looks at the
+/// oldest ones, and a checkout takes the most recent one (warmest, least likely to be closed by
+/// the vendor).
 #[derive(Debug)]
 pub struct Pool {
-    idle: Mutex<Vec<Idle>>,
+    idle: Mutex<VecDeque<Idle>>,
     max_idle: usize,
     idle_timeout: Duration,
 }
@@ -67,13 +72,13 @@ const READY_WAIT: Duration = Duration::from_secs(1);
 impl Pool {
     pub fn new(max_idle: usize, idle_timeout: Duration) -> Pool {
         Pool {
-            idle: Mutex::new(Vec::new()),
+            idle: Mutex::new(VecDeque::new()),
             max_idle,
             idle_timeout,
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Idle>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Idle>> {
         self.idle.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -84,7 +89,7 @@ impl Pool {
                 let mut idle = self.lock();
                 self.evict_expired(&mut idle);
                 let position = idle.iter().rposition(|i| &i.key == key)?;
-                idle.swap_remove(position).conn
+                idle.remove(position)?.conn
             };
             let mut conn = candidate;
             if conn.sender.is_closed() {
@@ -105,7 +110,7 @@ impl Pool {
         let mut idle = self.lock();
         self.evict_expired(&mut idle);
         if idle.len() < self.max_idle {
-            idle.push(Idle {
+            idle.push_back(Idle {
                 key,
                 conn,
                 since: Instant::now(),
@@ -113,8 +118,15 @@ impl Pool {
         }
     }
 
-    fn evict_expired(&self, idle: &mut Vec<Idle>) {
-        let timeout = self.idle_timeout;
-        idle.retain(|i| i.since.elapsed() < timeout && !i.conn.sender.is_closed());
+    /// Drops the connections idle for longer than the timeout (the oldest, at the front).
+    /// Connections the vendor closed are dropped when a checkout meets them.
+    fn evict_expired(&self, idle: &mut VecDeque<Idle>) {
+        let now = Instant::now();
+        while idle
+            .front()
+            .is_some_and(|i| now.duration_since(i.since) >= self.idle_timeout)
+        {
+            idle.pop_front();
+        }
     }
 }

@@ -9,7 +9,7 @@
 //! before it was known move to it.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -169,6 +169,7 @@ async fn run(
 
     // A failed direction ends the tunnel; a clean end of stream is a half-close and the other
     // direction carries on. Each side's error is blamed on the socket that failed.
+    let (up_done, down_done) = (AtomicBool::new(false), AtomicBool::new(false));
     let vendor_to_client = async {
         if !leftover.is_empty() {
             client_write
@@ -176,7 +177,8 @@ async fn run(
                 .await
                 .map_err(CopyError::Write)?;
         }
-        copy(&mut vendor_read, &mut client_write).await
+        drop(leftover);
+        copy(&mut vendor_read, &mut client_write, &down_done, &up_done).await
     };
     let vendor_to_client = async { vendor_to_client.await.map_err(|e| blame(e, Side::Vendor)) };
     let client_to_vendor = async {
@@ -187,10 +189,11 @@ async fn run(
             .write_all(&first)
             .await
             .map_err(CopyError::Write)?;
+        drop(first);
         if let Some(error) = read_error {
             return Err(CopyError::Read(error));
         }
-        copy(&mut client_read, &mut vendor_write).await
+        copy(&mut client_read, &mut vendor_write, &up_done, &down_done).await
     };
     let client_to_vendor = async { client_to_vendor.await.map_err(|e| blame(e, Side::Client)) };
 
@@ -240,32 +243,33 @@ async fn sniff_first_bytes<R: AsyncRead + Unpin>(
     client: &mut R,
     timeout: Duration,
 ) -> (Vec<u8>, Sniff, Option<std::io::Error>) {
-    // Typical ClientHellos fit in 2 KiB; the buffer grows up to MAX_SNIFF_BYTES if needed.
-    let mut buf = Vec::with_capacity(2048);
+    // Reads go straight into this buffer, which grows by what arrives (one ClientHello is
+    // usually a single read), up to MAX_SNIFF_BYTES.
+    let mut buf = Vec::new();
     let deadline = Instant::now() + timeout;
     loop {
         if buf.len() >= MAX_SNIFF_BYTES {
             return (buf, Sniff::Malformed, None);
         }
-        let mut chunk = [0u8; 2048];
-        let want = chunk.len().min(MAX_SNIFF_BYTES - buf.len());
-        match tokio::time::timeout_at(deadline, client.read(&mut chunk[..want])).await {
+        buf.reserve(SNIFF_READ.min(MAX_SNIFF_BYTES - buf.len()));
+        match tokio::time::timeout_at(deadline, client.read_buf(&mut buf)).await {
             Err(_elapsed) => return (buf, Sniff::NeedMore, None),
             Ok(Ok(0)) => {
                 let verdict = sniff(&buf);
                 return (buf, verdict, None);
             }
-            Ok(Ok(n)) => {
-                buf.extend_from_slice(&chunk[..n]);
-                match sniff(&buf) {
-                    Sniff::NeedMore => continue,
-                    verdict => return (buf, verdict, None),
-                }
-            }
+            Ok(Ok(_)) => match sniff(&buf) {
+                Sniff::NeedMore => continue,
+                verdict => return (buf, verdict, None),
+            },
             Ok(Err(e)) => return (buf, Sniff::NeedMore, Some(e)),
         }
     }
 }
+
+/// Bytes reserved per sniff read: a typical ClientHello (up to about 2 KiB with post-quantum
+/// key shares) in one read.
+const SNIFF_READ: usize = 2048;
 
 /// Records what the client speaks, and settles the destination of IP-literal tunnels.
 fn classify(shared: &Shared, exchange: &mut Exchange, tally: &Tally, verdict: &Sniff) {

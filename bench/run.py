@@ -31,6 +31,7 @@ PROXY_CORE, CLIENT_CORE = "1", "0"
 HTTP, HTTPS = 8081, 8443
 PORTS = {"meter": 3211, "meter-off": 3212, "envoy": 3213, "squid": 3214, "haproxy": 3215, "meter-nolog": 3218}
 TRANSFER_RUNS = 5
+FIXED_RATE = 10_000
 HAPROXY_L4_HTTP, HAPROXY_L4_TLS = 3216, 3217
 
 
@@ -353,6 +354,12 @@ def run_proxy(name, meter_binary, bench_binary, duration):
     results = {"idle_rss_kb": proc.memory_kb("VmRSS")}
     try:
         results["keepalive"] = measured(proc, lambda: wrk(PORTS[name], duration))
+        if name.startswith("meter"):
+            # CPU per request depends on the request rate (more requests per wake-up at higher
+            # rates), so the cost of metering is compared at one fixed rate for every variant.
+            results["fixed_rate"] = measured(proc, lambda: bench(bench_binary, [
+                "paced", *via(HTTP), "--path", "/10k", "--rate", str(FIXED_RATE), "--connections", "64",
+                "--duration", f"{duration}s"]))
         results["new_connection"] = measured(proc, lambda: wrk(PORTS[name], duration, ["-H", "Connection: close"]))
         paced_route = ["--l4", f"127.0.0.1:{PORTS[name]}", "--target", f"127.0.0.1:{HTTP}"] if name == "haproxy" else via(HTTP)
         if name == "haproxy":
@@ -378,6 +385,43 @@ def run_proxy(name, meter_binary, bench_binary, duration):
         proc.stop()
     print(json.dumps(results))
     return results
+
+
+def loadgen(meter_binary, duration):
+    """The load generator against wrk, one core each, through HAProxy L7 (a fast stand-in vendor):
+    requests/s and the generator's own CPU per request (from the kernel's accounting of children)."""
+    import resource
+
+    def children_cpu():
+        usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return usage.ru_utime + usage.ru_stime
+
+    def timed(cmd, env=None):
+        before_cpu, before = children_cpu(), time.time()
+        out = subprocess.run(["taskset", "-c", CLIENT_CORE] + cmd, check=True, text=True, capture_output=True,
+                             env={**os.environ, **(env or {})}).stdout
+        return out, children_cpu() - before_cpu, time.time() - before
+
+    print("== load generator vs wrk")
+    haproxy = start_proxy("haproxy", meter_binary)
+    url = f"http://127.0.0.1:{PORTS['haproxy']}"
+    try:
+        out, cpu, seconds = timed(["wrk", "-t1", "-c64", f"-d{duration}s", "-s", str(WORK / "absolute.lua"), url + "/"])
+        total = int(re.search(r"(\d+) requests in", out).group(1))
+        wrk_result = {"requests": total, "rps": total / seconds, "cpu_us_per_request": cpu / total * 1e6}
+        # 64 pods x 1,000 requests/s each asks for more than one core can do: the figure is the
+        # generator's ceiling. Each pod keeps one connection, like wrk's 64.
+        out, cpu, seconds = timed([str(meter_binary), "load", "--proxy", url, "--vendor", "any", "--pods", "64",
+                                   "--rate", "1000", "--concurrency", "1", "--duration", f"{duration}s",
+                                   "--requests-per-connection", "1000000", "--target", f"GET http://127.0.0.1:{HTTP}/10k",
+                                   "--output", "json"], env={"TOKIO_WORKER_THREADS": "1"})
+        report = json.loads(out)
+        load_result = {"requests": report["completed"], "rps": report["completed"] / seconds,
+                       "cpu_us_per_request": cpu / max(report["completed"], 1) * 1e6}
+    finally:
+        haproxy.stop()
+    print(json.dumps({"wrk": wrk_result, "load": load_result}))
+    return {"wrk": wrk_result, "load": load_result}
 
 
 def direct(bench_binary, duration):
@@ -406,7 +450,7 @@ def report(results, duration):
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, r in results.items():
-        if name == "direct":
+        if name in ("direct", "loadgen"):
             continue
         ka, nc, pa, ch, tp, tt, h2 = (r[k] for k in ("keepalive", "new_connection", "paced", "churn", "transfer_plain", "transfer_tls", "h2_tunnels"))
         added = "/".join(f"{pa[k] - d['paced'][k]:+.2f}" for k in ("p50_ms", "p90_ms", "p99_ms"))
@@ -424,13 +468,17 @@ def report(results, duration):
         f"256 MiB {d['transfer_plain']['mb_per_second']:,.0f} MB/s plain, {d['transfer_tls']['mb_per_second']:,.0f} MB/s TLS; "
         f"h2 {d['h2_tunnels']['per_second']:,.0f} req/s.",
     ]
-    per_request = lambda r: r["keepalive"]["cpu_s"] / r["keepalive"]["requests"] * 1e6
-    if "meter-nolog" in results and "meter-off" in results:
-        cost = per_request(results["meter-nolog"]) - per_request(results["meter-off"])
-        lines.append(f"Metering itself (counters per vendor, pod and destination; keep-alive scenario, `meter-nolog` minus `meter-off`): {cost:.2f} µs of CPU per request.")
-    if "meter" in results and "meter-nolog" in results:
-        cost = per_request(results["meter"]) - per_request(results["meter-nolog"])
-        lines.append(f"The access log (one JSON line per request; `meter` minus `meter-nolog`): {cost:.2f} µs of CPU per request.")
+    if "loadgen" in results:
+        w, l = results["loadgen"]["wrk"], results["loadgen"]["load"]
+        lines.append(f"Load generator, one core, through HAProxy L7 to nginx: `proxy-telemetry load` {l['rps']:,.0f} req/s at "
+                     f"{l['cpu_us_per_request']:.1f} µs of CPU per request; `wrk` (absolute-form script) {w['rps']:,.0f} req/s at "
+                     f"{w['cpu_us_per_request']:.1f} µs.")
+    per_request = lambda r: r["fixed_rate"]["cpu_s"] / r["fixed_rate"]["requests"] * 1e6
+    if all(m in results for m in ("meter", "meter-nolog", "meter-off")):
+        on, nolog, off = (per_request(results[m]) for m in ("meter", "meter-nolog", "meter-off"))
+        lines.append(f"At a fixed {FIXED_RATE:,} requests/s of 10 KiB: {on:.2f} µs of CPU per request with metering and access log, "
+                     f"{nolog:.2f} without the access log, {off:.2f} with metering off: metering itself (counters per vendor, pod "
+                     f"and destination) costs {nolog - off:.2f} µs per request, the access log {on - nolog:.2f} µs.")
     return "\n".join(lines) + "\n"
 
 
@@ -461,7 +509,9 @@ def main():
         wait_port(HTTP)
         wait_port(HTTPS)
         results["direct"] = direct(bench_binary, args.duration)
-        for name in args.proxies.split(","):
+        if "loadgen" in args.proxies.split(",") or args.proxies == parser.get_default("proxies"):
+            results["loadgen"] = loadgen(meter_binary, args.duration)
+        for name in [p for p in args.proxies.split(",") if p != "loadgen"]:
             try:
                 results[name] = run_proxy(name, meter_binary, bench_binary, args.duration)
             except Exception as error:  # one broken proxy must not lose the others' figures

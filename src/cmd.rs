@@ -2,6 +2,7 @@
 
 pub mod check;
 pub mod demo;
+pub mod fake;
 pub mod load;
 pub mod meter;
 

@@ -40,6 +40,10 @@ enum Command {
     Load(cmd::load::Args),
     /// Check requirements a–d against a meter or Prometheus, optionally against a ledger.
     Check(cmd::check::Args),
+    /// A stand-in proxy vendor (Basic auth, CONNECT, absolute-form), for demos in a cluster.
+    FakeVendor(cmd::fake::VendorArgs),
+    /// Stand-in websites (HTTP, and HTTPS with HTTP/1.1 and HTTP/2), for demos in a cluster.
+    FakeOrigin(cmd::fake::OriginArgs),
 }
 
 fn main() -> ExitCode {
@@ -50,6 +54,8 @@ fn main() -> ExitCode {
         Command::Demo(args) => cmd::demo::run(args),
         Command::Load(args) => cmd::load::run(args),
         Command::Check(args) => cmd::check::run(args),
+        Command::FakeVendor(args) => cmd::fake::vendor(args),
+        Command::FakeOrigin(args) => cmd::fake::origin(args),
     }
 }
 

@@ -523,3 +523,117 @@ fn the_demo_checks_again_through_promql_with_a_real_prometheus() {
         assert!(line.ends_with("PASS"), "{line}");
     }
 }
+
+/// A free loopback port (bound and released; the next bind takes it).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A child process stopped by its PID when dropped.
+struct Child2(Child);
+
+impl Drop for Child2 {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn the_fake_vendor_and_origin_processes_serve_the_cluster_demo() {
+    let (http, https, vendor) = (free_port(), free_port(), free_port());
+    let _origin = Child2(
+        Command::new(BINARY)
+            .args([
+                "fake-origin",
+                "--http",
+                &format!("127.0.0.1:{http}"),
+                "--https",
+                &format!("127.0.0.1:{https}"),
+            ])
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let _vendor = Child2(
+        Command::new(BINARY)
+            .args([
+                "fake-vendor",
+                "--listen",
+                &format!("127.0.0.1:{vendor}"),
+                "--username",
+                "meter",
+            ])
+            .args([
+                "--origin-http",
+                &format!("127.0.0.1:{http}"),
+                "--origin-https",
+                &format!("localhost:{https}"),
+            ])
+            .env("VENDOR_PASSWORD", "pw")
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let proxy = format!("http://127.0.0.1:{vendor}");
+    let mut sizes = (String::new(), String::new());
+    for _ in 0..100 {
+        let plain = Command::new("curl")
+            .args([
+                "-s",
+                "-x",
+                &proxy,
+                "-U",
+                "meter:pw",
+                "http://shop.example/bytes/1234",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code} %{size_download}",
+            ])
+            .output()
+            .unwrap();
+        sizes.0 = String::from_utf8_lossy(&plain.stdout).into_owned();
+        if sizes.0 == "200 1234" {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(sizes.0, "200 1234");
+    let tls = Command::new("curl")
+        .args([
+            "-s",
+            "-k",
+            "-x",
+            &proxy,
+            "-U",
+            "meter:pw",
+            "https://shop.example/bytes/4321",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code} %{size_download}",
+        ])
+        .output()
+        .unwrap();
+    sizes.1 = String::from_utf8_lossy(&tls.stdout).into_owned();
+    assert_eq!(sizes.1, "200 4321");
+    let denied = Command::new("curl")
+        .args([
+            "-s",
+            "-x",
+            &proxy,
+            "http://shop.example/",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&denied.stdout), "407");
+}

@@ -37,7 +37,14 @@ pub struct Args {
     destination_label: DestinationArg,
     #[arg(long, value_enum, default_value_t = Format::Text)]
     format: Format,
+    /// Keep checking (every 5 s) until every check passes or this time is up, e.g. 2m: for a
+    /// post-install validation while Prometheus has not scraped everything yet.
+    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+    wait: std::time::Duration,
 }
+
+/// Pause between attempts of `--wait`.
+const RETRY_PAUSE: std::time::Duration = std::time::Duration::from_secs(5);
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
 enum DestinationArg {
@@ -80,18 +87,30 @@ pub fn run(args: Args) -> ExitCode {
             DestinationArg::Host => DestinationKey::Host,
         },
     };
-    let figures = match super::runtime().map(|rt| rt.block_on(Figures::fetch(&source))) {
-        Ok(Ok(figures)) => figures,
-        Ok(Err(e)) => {
-            eprintln!("error: {e}");
-            return ExitCode::FAILURE;
-        }
+    let runtime = match super::runtime() {
+        Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: starting the runtime: {e}");
             return ExitCode::FAILURE;
         }
     };
-    let verdict = pt_check::evaluate(&figures, &options);
+    let deadline = std::time::Instant::now() + args.wait;
+    let verdict = loop {
+        let attempt = runtime
+            .block_on(Figures::fetch(&source))
+            .map(|f| pt_check::evaluate(&f, &options));
+        let again = std::time::Instant::now() + RETRY_PAUSE <= deadline;
+        match attempt {
+            Ok(verdict) if verdict.pass || !again => break verdict,
+            Err(e) if !again => {
+                eprintln!("error: {e}");
+                return ExitCode::FAILURE;
+            }
+            Ok(_) => eprintln!("not every check passes yet; trying again in {RETRY_PAUSE:?}"),
+            Err(e) => eprintln!("{e}; trying again in {RETRY_PAUSE:?}"),
+        }
+        std::thread::sleep(RETRY_PAUSE);
+    };
     match args.format {
         Format::Text => print!("{}", pt_check::render::text(&verdict)),
         Format::Json => println!("{}", pt_check::render::json(&verdict)),

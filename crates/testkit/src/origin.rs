@@ -55,21 +55,25 @@ pub struct Origin {
 impl Origin {
     /// Starts an origin on `127.0.0.1:0` (two ports) with certificates from `pki`.
     pub async fn start(pki: &TestPki) -> Origin {
-        let requests = Arc::new(Mutex::new(Vec::new()));
         let http = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind origin http");
         let https = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind origin https");
+        Origin::serve(http, https, pki.server_config(&["h2", "http/1.1"]))
+    }
+
+    /// Serves on the given listeners: plain HTTP, and HTTPS with `tls`.
+    pub fn serve(http: TcpListener, https: TcpListener, tls: Arc<rustls::ServerConfig>) -> Origin {
+        let requests = Arc::new(Mutex::new(Vec::new()));
         let origin = Origin {
             http: http.local_addr().expect("bound address"),
             https: https.local_addr().expect("bound address"),
             requests: requests.clone(),
         };
         tokio::spawn(serve(http, None, requests.clone()));
-        let acceptor = TlsAcceptor::from(pki.server_config(&["h2", "http/1.1"]));
-        tokio::spawn(serve(https, Some(acceptor), requests));
+        tokio::spawn(serve(https, Some(TlsAcceptor::from(tls)), requests));
         origin
     }
 

@@ -51,6 +51,29 @@ impl TestPki {
         }
     }
 
+    /// A server configuration from PEM files (a certificate chain and its key), offering `alpn`.
+    pub fn server_config_from_pem(
+        cert: &[u8],
+        key: &[u8],
+        alpn: &[&str],
+    ) -> Result<Arc<rustls::ServerConfig>, String> {
+        use rustls::pki_types::pem::PemObject;
+        let chain = CertificateDer::pem_slice_iter(cert)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("certificate: {e}"))?;
+        let key = PrivateKeyDer::from_pem_slice(key).map_err(|e| format!("key: {e}"))?;
+        let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .map_err(|e| e.to_string())?;
+        config.alpn_protocols = alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
+        Ok(Arc::new(config))
+    }
+
     /// A server configuration offering `alpn`.
     pub fn server_config(&self, alpn: &[&str]) -> Arc<rustls::ServerConfig> {
         let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(

@@ -120,11 +120,20 @@ pub struct SeenRequest {
     pub headers: Vec<String>,
 }
 
+/// Where every host not in the name map goes: an origin's HTTP and HTTPS `host:port`,
+/// resolved when dialled (a Kubernetes Service name, say).
+#[derive(Clone, Debug)]
+struct Upstream {
+    http: String,
+    https: String,
+}
+
 #[derive(Debug)]
 struct State {
     credentials: Option<String>,
     fault: Fault,
     names: HashMap<String, Origin>,
+    upstream: Option<Upstream>,
     connections: Mutex<Vec<Arc<ConnectionBook>>>,
     requests: Mutex<Vec<SeenRequest>>,
 }
@@ -142,6 +151,8 @@ pub struct VendorBuilder {
     credentials: Option<(String, String)>,
     fault: Fault,
     names: HashMap<String, Origin>,
+    upstream: Option<Upstream>,
+    listen: Option<SocketAddr>,
 }
 
 impl VendorBuilder {
@@ -162,8 +173,27 @@ impl VendorBuilder {
         self
     }
 
+    /// Sends every host the name map does not know to this origin (`host:port` for HTTP and
+    /// for HTTPS), like a vendor reaching the Internet.
+    pub fn upstream(mut self, http: &str, https: &str) -> Self {
+        self.upstream = Some(Upstream {
+            http: http.to_owned(),
+            https: https.to_owned(),
+        });
+        self
+    }
+
+    /// Listens on `address` instead of `127.0.0.1:0`.
+    pub fn listen(mut self, address: SocketAddr) -> Self {
+        self.listen = Some(address);
+        self
+    }
+
     pub async fn start(self) -> FakeVendor {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind vendor");
+        let address = self
+            .listen
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
+        let listener = TcpListener::bind(address).await.expect("bind vendor");
         let address = listener.local_addr().expect("bound address");
         let state = Arc::new(State {
             credentials: self.credentials.map(|(u, p)| {
@@ -174,6 +204,7 @@ impl VendorBuilder {
             }),
             fault: self.fault,
             names: self.names,
+            upstream: self.upstream,
             connections: Mutex::new(Vec::new()),
             requests: Mutex::new(Vec::new()),
         });
@@ -316,7 +347,7 @@ async fn handle(
         80
     };
     let port = authority.port_u16().unwrap_or(default_port);
-    let Some(destination) = resolve(&state.names, authority.host(), port) else {
+    let Some(destination) = resolve(state, authority.host(), port).await else {
         return plain(
             StatusCode::BAD_GATEWAY,
             "fake vendor: unknown destination\n",
@@ -343,17 +374,27 @@ async fn handle(
     forward(request, destination).await
 }
 
-/// The origin address of `host:port`: through the name map, or an IP literal as written.
-fn resolve(names: &HashMap<String, Origin>, host: &str, port: u16) -> Option<SocketAddr> {
-    if let Some(origin) = names.get(host) {
+/// The origin address of `host:port`: through the name map, an IP literal as written, or the
+/// upstream origin for any other name.
+async fn resolve(state: &State, host: &str, port: u16) -> Option<SocketAddr> {
+    if let Some(origin) = state.names.get(host) {
         return match port {
             80 => Some(origin.http),
             443 => Some(origin.https),
             _ => None,
         };
     }
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    host.parse().ok().map(|ip| SocketAddr::new(ip, port))
+    let literal = host.trim_start_matches('[').trim_end_matches(']');
+    if let Ok(ip) = literal.parse() {
+        return Some(SocketAddr::new(ip, port));
+    }
+    let upstream = state.upstream.as_ref()?;
+    let target = match port {
+        80 => &upstream.http,
+        443 => &upstream.https,
+        _ => return None,
+    };
+    tokio::net::lookup_host(target.as_str()).await.ok()?.next()
 }
 
 /// Sends an absolute-form request on to the origin in origin-form, as a vendor does.

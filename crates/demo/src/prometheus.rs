@@ -27,19 +27,11 @@ pub fn find() -> Option<PathBuf> {
         .find(|candidate| candidate.is_file())
 }
 
-/// The project's recording rules, when the deploy tree is present next to the working directory.
+/// The project's recording rules and alerts (the Helm chart's), when run from the repository.
+pub const RULES: &str = "deploy/helm/proxy-telemetry/files/prometheus-rules.yaml";
+
 fn rule_files() -> Vec<PathBuf> {
-    let rules = Path::new("deploy/prometheus/rules");
-    let Ok(entries) = std::fs::read_dir(rules) else {
-        return Vec::new();
-    };
-    let mut files: Vec<PathBuf> = entries
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "yml"))
-        .filter_map(|p| std::fs::canonicalize(p).ok())
-        .collect();
-    files.sort();
-    files
+    std::fs::canonicalize(RULES).into_iter().collect()
 }
 
 impl Prometheus {

@@ -401,6 +401,7 @@ async fn destinations_past_the_cap_fold_into_other_and_totals_stay_exact() {
         "www.shop-a.test",
     ] {
         let request = absolute(&proxy, Method::GET, host, "/bytes/500", client::empty());
+        sender.ready().await.unwrap();
         let response = sender.send_request(request).await.unwrap();
         client::drain(response.into_body()).await.unwrap();
     }

@@ -1,0 +1,199 @@
+{{/* Names */}}
+{{- define "proxy-telemetry.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "proxy-telemetry.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* A component's object name: "<fullname>-<component>". Call with (dict "root" $ "component" "x"). */}}
+{{- define "proxy-telemetry.componentName" -}}
+{{- printf "%s-%s" (include "proxy-telemetry.fullname" .root) .component | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "proxy-telemetry.image" -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
+{{- end -}}
+
+{{/* Selector labels: name, instance and component only, so they never change on upgrade. */}}
+{{- define "proxy-telemetry.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "proxy-telemetry.name" .root }}
+app.kubernetes.io/instance: {{ .root.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- end -}}
+
+{{/* Every label of an object. Call with (dict "root" $ "component" "x"). */}}
+{{- define "proxy-telemetry.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .root.Chart.Name .root.Chart.Version | replace "+" "_" }}
+{{ include "proxy-telemetry.selectorLabels" . }}
+app.kubernetes.io/version: {{ .root.Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .root.Release.Service }}
+app.kubernetes.io/part-of: proxy-telemetry
+{{- with .root.Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{/* The environment variable holding a vendor's password. */}}
+{{- define "proxy-telemetry.passwordEnv" -}}
+{{- printf "%s_PASSWORD" (.name | upper | replace "-" "_" | replace "." "_") -}}
+{{- end -}}
+
+{{/*
+The meter's configuration file. Call with (dict "root" $ "role" "gateway"|"sidecar").
+The chart sets listeners, admin, vendors, identity and clients; `meter.config` adds the rest.
+*/}}
+{{- define "proxy-telemetry.meterConfig" -}}
+{{- $root := .root -}}
+{{- $gateway := eq .role "gateway" -}}
+{{- $host := ternary "0.0.0.0" "127.0.0.1" $gateway -}}
+{{- $port := ternary $root.Values.gateway.service.proxyPort $root.Values.sidecar.proxyPort $gateway -}}
+{{- $generated := dict -}}
+{{- $listeners := list (dict "address" (printf "%s:%v" $host $port)) -}}
+{{- range $vendor, $dedicated := $root.Values.meter.dedicatedPorts -}}
+{{- $listeners = append $listeners (dict "address" (printf "%s:%v" $host $dedicated) "vendor" $vendor) -}}
+{{- end -}}
+{{- $_ := set $generated "listeners" $listeners -}}
+{{- $_ := set $generated "admin" (dict "address" (printf "0.0.0.0:%v" $root.Values.meter.metricsPort)) -}}
+{{- $vendors := list -}}
+{{- range $root.Values.vendors -}}
+{{- $v := dict "name" .name "kind" (default "http_proxy" .kind) -}}
+{{- with .url }}{{ $_ := set $v "url" . }}{{ end -}}
+{{- if .username -}}
+{{- $_ := set $v "username" .username -}}
+{{- $_ := set $v "password_env" (include "proxy-telemetry.passwordEnv" .) -}}
+{{- end -}}
+{{- $vendors = append $vendors $v -}}
+{{- end -}}
+{{- $_ := set $generated "vendors" $vendors -}}
+{{- if $gateway -}}
+{{- $_ := set $generated "identity" (dict "from" $root.Values.gateway.identity) -}}
+{{- $_ := set $generated "clients" (dict "allowed_sources" $root.Values.gateway.allowedSources) -}}
+{{- else -}}
+{{- $_ := set $generated "identity" (dict "from" "environment") -}}
+{{- end -}}
+{{- $config := deepCopy $root.Values.meter.config -}}
+{{- if $gateway -}}
+{{- $metrics := default dict (get $config "metrics") -}}
+{{- $_ := set $metrics "max_pods" $root.Values.gateway.maxPods -}}
+{{- $_ := set $config "metrics" $metrics -}}
+{{- end -}}
+{{- toYaml (merge $generated $config) -}}
+{{- end -}}
+
+{{/* Environment of a meter container: pod identity (Downward API) and vendor passwords. */}}
+{{- define "proxy-telemetry.meterEnv" -}}
+- name: POD_NAME
+  valueFrom:
+    fieldRef:
+      fieldPath: metadata.name
+- name: POD_NAMESPACE
+  valueFrom:
+    fieldRef:
+      fieldPath: metadata.namespace
+{{- range .Values.vendors }}
+{{- if .username }}
+- name: {{ include "proxy-telemetry.passwordEnv" . }}
+  valueFrom:
+    secretKeyRef:
+      name: {{ $.Values.credentials.secretName }}
+      key: {{ .passwordKey | default (printf "%s-password" .name) }}
+{{- end }}
+{{- end }}
+{{- end -}}
+
+{{/* Probes of a meter container. */}}
+{{- define "proxy-telemetry.meterProbes" -}}
+readinessProbe:
+  httpGet: {path: /readyz, port: pt-metrics}
+  periodSeconds: 5
+livenessProbe:
+  httpGet: {path: /healthz, port: pt-metrics}
+  periodSeconds: 10
+  failureThreshold: 6
+{{- end -}}
+
+{{/*
+The meter as a sidecar container, for the chart's load generators and for users' own crawler
+pods (see docs/deployment.md and deploy/kustomize/sidecar). Call with the root context.
+*/}}
+{{- define "proxy-telemetry.sidecarContainer" -}}
+- name: meter
+  image: {{ include "proxy-telemetry.image" . }}
+  imagePullPolicy: {{ .Values.image.pullPolicy }}
+  args: [meter, --config, /etc/proxy-telemetry/meter.yaml, --log-format, json]
+  {{- if .Values.sidecar.native }}
+  restartPolicy: Always
+  {{- end }}
+  env:
+    {{- include "proxy-telemetry.meterEnv" . | nindent 4 }}
+  ports:
+    - name: pt-metrics
+      containerPort: {{ .Values.meter.metricsPort }}
+  {{- include "proxy-telemetry.meterProbes" . | nindent 2 }}
+  volumeMounts:
+    - name: meter-config
+      mountPath: /etc/proxy-telemetry
+      readOnly: true
+  resources:
+    {{- toYaml .Values.sidecar.resources | nindent 4 }}
+  securityContext:
+    {{- toYaml .Values.meter.securityContext | nindent 4 }}
+{{- end -}}
+
+{{/* The volume of the sidecar's configuration. */}}
+{{- define "proxy-telemetry.sidecarVolumes" -}}
+- name: meter-config
+  configMap:
+    name: {{ include "proxy-telemetry.componentName" (dict "root" . "component" "sidecar-config") }}
+{{- end -}}
+
+{{/* The Prometheus URL the checker and Grafana use. */}}
+{{- define "proxy-telemetry.prometheusUrl" -}}
+{{- if .Values.prometheus.bundled.enabled -}}
+{{- printf "http://%s:%v" (include "proxy-telemetry.componentName" (dict "root" . "component" "prometheus")) .Values.prometheus.bundled.service.port -}}
+{{- else -}}
+{{- required "grafana.prometheusUrl is required when prometheus.bundled.enabled is false" .Values.grafana.prometheusUrl -}}
+{{- end -}}
+{{- end -}}
+
+{{/* NetworkPolicy egress every meter pod needs: vendors, and DNS to resolve them. */}}
+{{- define "proxy-telemetry.meterEgress" -}}
+- ports:
+    - {port: 53, protocol: UDP}
+    - {port: 53, protocol: TCP}
+{{- range .Values.networkPolicy.vendorEgress }}
+- to:
+    - ipBlock:
+        cidr: {{ .cidr }}
+        {{- with .except }}
+        except: {{ toYaml . | nindent 10 }}
+        {{- end }}
+  ports:
+    {{- range .ports }}
+    - {port: {{ . }}, protocol: TCP}
+    {{- end }}
+{{- end }}
+{{- end }}
+{{/* NetworkPolicy ingress to the metrics port: the bundled Prometheus and the configured scrapers. */}}
+{{- define "proxy-telemetry.metricsIngress" -}}
+- from:
+    - podSelector:
+        matchLabels:
+          {{- include "proxy-telemetry.selectorLabels" (dict "root" . "component" "prometheus") | nindent 10 }}
+    - {{- with .Values.networkPolicy.prometheusSelector }}
+      {{- toYaml . | nindent 6 }}
+      {{- end }}
+  ports:
+    - {port: {{ .Values.meter.metricsPort }}, protocol: TCP}
+{{- end }}

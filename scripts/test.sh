@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# The project's tests, one command (README). Installs what they need when it is missing:
+# Debian packages (curl, tmux, prometheus/promtool, kubectl) when run as root or with sudo,
+# and the Python packages of the deployment tests into target/venv.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+packages=()
+command -v curl >/dev/null || packages+=(curl)
+command -v tmux >/dev/null || packages+=(tmux)
+command -v promtool >/dev/null || packages+=(prometheus)
+command -v kubectl >/dev/null || packages+=(kubectl)
+if ((${#packages[@]})); then
+  sudo=""; [ "$(id -u)" -ne 0 ] && sudo="sudo"
+  echo "installing ${packages[*]} (Debian packages)"
+  $sudo apt-get update -qq
+  # Installed for their binaries: keep their services from starting.
+  DEBIAN_FRONTEND=noninteractive RUNLEVEL=1 $sudo apt-get install -y -qq --no-install-recommends "${packages[@]}"
+fi
+
+venv=target/venv
+if [ ! -x "$venv/bin/pytest" ]; then
+  echo "creating $venv for the deployment tests"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q --disable-pip-version-check \
+    pytest pyyaml helm-python-sdk kubernetes-validate check-jsonschema yamllint
+fi
+
+cargo test --workspace --locked
+# The deployment tests run the meter binary built above (meter --check-config).
+PATH="$PWD/$venv/bin:$PATH" "$venv/bin/pytest" -q deploy/tests

@@ -1,0 +1,224 @@
+//! The chart's Prometheus rules and Grafana dashboards against real data: a Prometheus (Debian's
+//! package; CI installs it, and without it this test fails) scrapes a live meter under load from
+//! the load generator, with the chart's recording rules and alerts. Every recording rule and
+//! every dashboard panel query must return data, and Prometheus' counters must equal the meter's.
+
+#![allow(clippy::unwrap_used)] // Tests: a failed unwrap is a failed test.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use pt_check::source::prometheus_query;
+use pt_load::engine::Run;
+use pt_load::plan::{LoadPlan, Stop, Target, VendorRoute, VendorShare};
+use pt_testkit::meter::MeterSetup;
+use pt_testkit::origin::Origin;
+use pt_testkit::pki::TestPki;
+use pt_testkit::vendor::FakeVendor;
+
+const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/helm/proxy-telemetry");
+
+struct Prometheus(Child);
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Starts Prometheus scraping `target` every second with the chart's rules (the daily group
+/// evaluated every second too, instead of every 5 minutes).
+fn start_prometheus(dir: &Path, target: std::net::SocketAddr) -> (Prometheus, String) {
+    let rules = std::fs::read_to_string(format!("{CHART}/files/prometheus-rules.yaml")).unwrap();
+    assert!(rules.contains("interval: 5m"));
+    std::fs::write(dir.join("rules.yaml"), rules.replace("interval: 5m", "interval: 1s")).unwrap();
+    std::fs::write(
+        dir.join("prometheus.yml"),
+        format!(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files: [{}]\n\
+             scrape_configs:\n  - job_name: proxy-telemetry\n    static_configs:\n      - targets: [\"{target}\"]\n",
+            dir.join("rules.yaml").display()
+        ),
+    )
+    .unwrap();
+    let port = free_port();
+    let child = Command::new("prometheus")
+        .arg(format!("--config.file={}", dir.join("prometheus.yml").display()))
+        .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("prometheus.log")).unwrap())
+        .spawn()
+        .expect("prometheus must be installed (CI installs Debian's package)");
+    (Prometheus(child), format!("http://127.0.0.1:{port}"))
+}
+
+/// Every panel query of the four dashboards, with Grafana's variables set to "all".
+fn panel_queries() -> Vec<(String, String, String)> {
+    let mut queries = Vec::new();
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(format!("{CHART}/files/dashboards"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    paths.sort();
+    for path in paths {
+        let dashboard: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        for panel in dashboard["panels"].as_array().unwrap() {
+            for target in panel["targets"].as_array().unwrap() {
+                let mut expr = target["expr"].as_str().unwrap().to_owned();
+                for variable in ["vendor", "namespace", "pod", "destination"] {
+                    expr = expr.replace(&format!("\"${variable}\""), "\".*\"");
+                }
+                // Grafana's $__rate_interval is at least four scrape intervals.
+                expr = expr.replace("$__rate_interval", "10s");
+                let file = path.file_name().unwrap().to_string_lossy().into_owned();
+                queries.push((file, panel["title"].as_str().unwrap().to_owned(), expr));
+            }
+        }
+    }
+    queries
+}
+
+/// Every recording rule's name in the chart's rules.
+fn recording_rules() -> Vec<String> {
+    let text = std::fs::read_to_string(format!("{CHART}/files/prometheus-rules.yaml")).unwrap();
+    text.lines()
+        .filter_map(|l| l.trim().strip_prefix("- record: "))
+        .map(str::to_owned)
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect()
+}
+
+#[test]
+fn prometheus_with_the_charts_rules_answers_every_panel_and_agrees_with_the_meter() {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let dir = std::env::temp_dir().join(format!("pt-prometheus-e2e-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let hosts = ["shop-a.test", "news-b.test", "api.data-c.test"];
+    let pki = TestPki::new(&hosts);
+
+    runtime.block_on(async {
+        let origin = Origin::start(&pki).await;
+        let mut setup = MeterSetup::new();
+        for name in ["vendor-a", "vendor-b"] {
+            let mut builder = FakeVendor::builder().credentials("meter", "pw");
+            for host in hosts {
+                builder = builder.route(host, &origin);
+            }
+            setup = setup.vendor(name, &builder.start().await, Some("pw"));
+        }
+        // A vendor nobody listens for: its requests fail, so error series exist.
+        let closed = free_port();
+        let meter = setup
+            .vendor_yaml(&format!("  - name: vendor-broken\n    url: http://127.0.0.1:{closed}\n"))
+            // Three destinations past a cap of two: the "other" series exists.
+            .yaml("metrics:\n  max_destinations_per_vendor: 2")
+            .spawn()
+            .await;
+        let (_prometheus, url) = start_prometheus(&dir, meter.admin);
+
+        let targets = [
+            "GET http://shop-a.test/bytes/2000 h1 x2",
+            "GET http://news-b.test/bytes/500 h2",
+            "GET https://api.data-c.test/bytes/9000 h1",
+            "POST https://shop-a.test/upload body=100-2000 h2",
+        ];
+        let plan = LoadPlan {
+            proxy: meter.proxy(),
+            vendor_header: "X-Proxy-Vendor".into(),
+            vendors: [("vendor-a", 45), ("vendor-b", 45), ("vendor-broken", 10)]
+                .iter()
+                .map(|(name, weight)| VendorShare {
+                    name: (*name).into(),
+                    weight: *weight,
+                    route: VendorRoute::Header,
+                })
+                .collect(),
+            targets: targets.iter().map(|t| t.parse::<Target>().unwrap()).collect(),
+            pods: (0..3).map(|i| format!("crawlers/crawler-{i}")).collect(),
+            proxy_password: String::new(),
+            rate_per_pod: 30.0,
+            concurrency_per_pod: 10,
+            stop: Stop {
+                duration: Some(Duration::from_secs(8)),
+                requests: None,
+            },
+            requests_per_connection: 10,
+            request_timeout: Duration::from_secs(10),
+        };
+        let outcome = Run::new(plan, pki.roots.clone()).unwrap().execute(Default::default()).await;
+        assert!(outcome.report.completed > 300, "{}", outcome.report.render_text());
+        // A refused request, so the rejected-requests series exist.
+        let proxy = pt_load::client::ProxyEndpoint::new(meter.proxy());
+        let refused = pt_load::client::tunnel_h1(&proxy, proxy.dial(Arc::default()).await.unwrap(), "shop-a.test:22").await;
+        assert!(refused.is_err());
+
+        // Wait until Prometheus' latest samples hold the final counts.
+        let meter_scrape = meter.scrape().await;
+        let by_vendor = |family: &str| -> BTreeMap<String, u64> {
+            meter_scrape
+                .sum_by(family, &["proxy_vendor"])
+                .into_iter()
+                .map(|(k, v)| (k[0].clone(), v))
+                .collect()
+        };
+        let query_by_vendor = |family: String| {
+            let url = url.clone();
+            async move {
+                prometheus_query(&url, &format!("sum by (proxy_vendor) ({family})"), None)
+                    .await
+                    .map(|rows| {
+                        rows.into_iter()
+                            .map(|r| (r.labels.get("proxy_vendor").cloned().unwrap_or_default(), r.value))
+                            .collect::<BTreeMap<_, _>>()
+                    })
+                    .unwrap_or_default()
+            }
+        };
+        let expected_requests = by_vendor("proxy_requests_total");
+        let mut in_prometheus = BTreeMap::new();
+        for _ in 0..150 {
+            in_prometheus = query_by_vendor("proxy_requests_total".into()).await;
+            if in_prometheus == expected_requests {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        assert_eq!(in_prometheus, expected_requests, "requests per vendor");
+        for family in ["proxy_sent_bytes_total", "proxy_received_bytes_total", "proxy_destination_requests_total"] {
+            assert_eq!(query_by_vendor(family.into()).await, by_vendor(family), "{family}");
+        }
+        assert_eq!(expected_requests.len(), 3, "all three vendors carried requests: {expected_requests:?}");
+        // Let the rules evaluate over the final data.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+
+        let mut empty = Vec::new();
+        for record in recording_rules() {
+            let rows = prometheus_query(&url, &record, None).await.unwrap();
+            if rows.is_empty() {
+                empty.push(format!("recording rule {record}"));
+            }
+        }
+        let queries = panel_queries();
+        assert!(queries.len() >= 30, "{} panel queries", queries.len());
+        for (file, title, expr) in &queries {
+            match prometheus_query(&url, expr, None).await {
+                Ok(rows) if rows.is_empty() => empty.push(format!("{file} / {title}: {expr}")),
+                Ok(_) => {}
+                Err(e) => empty.push(format!("{file} / {title}: {e}")),
+            }
+        }
+        assert!(empty.is_empty(), "no data for:\n{}", empty.join("\n"));
+    });
+    let _ = std::fs::remove_dir_all(&dir);
+}

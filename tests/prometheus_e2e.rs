@@ -31,7 +31,11 @@ impl Drop for Prometheus {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// Starts Prometheus scraping `target` every second with the chart's rules (the daily group
@@ -39,7 +43,11 @@ fn free_port() -> u16 {
 fn start_prometheus(dir: &Path, target: std::net::SocketAddr) -> (Prometheus, String) {
     let rules = std::fs::read_to_string(format!("{CHART}/files/prometheus-rules.yaml")).unwrap();
     assert!(rules.contains("interval: 5m"));
-    std::fs::write(dir.join("rules.yaml"), rules.replace("interval: 5m", "interval: 1s")).unwrap();
+    std::fs::write(
+        dir.join("rules.yaml"),
+        rules.replace("interval: 5m", "interval: 1s"),
+    )
+    .unwrap();
     std::fs::write(
         dir.join("prometheus.yml"),
         format!(
@@ -51,8 +59,14 @@ fn start_prometheus(dir: &Path, target: std::net::SocketAddr) -> (Prometheus, St
     .unwrap();
     let port = free_port();
     let child = Command::new("prometheus")
-        .arg(format!("--config.file={}", dir.join("prometheus.yml").display()))
-        .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
+        .arg(format!(
+            "--config.file={}",
+            dir.join("prometheus.yml").display()
+        ))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.join("data").display()
+        ))
         .arg(format!("--web.listen-address=127.0.0.1:{port}"))
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(dir.join("prometheus.log")).unwrap())
@@ -70,7 +84,8 @@ fn panel_queries() -> Vec<(String, String, String)> {
         .collect();
     paths.sort();
     for path in paths {
-        let dashboard: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let dashboard: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
         for panel in dashboard["panels"].as_array().unwrap() {
             for target in panel["targets"].as_array().unwrap() {
                 let mut expr = target["expr"].as_str().unwrap().to_owned();
@@ -100,7 +115,10 @@ fn recording_rules() -> Vec<String> {
 
 #[test]
 fn prometheus_with_the_charts_rules_answers_every_panel_and_agrees_with_the_meter() {
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let dir = std::env::temp_dir().join(format!("pt-prometheus-e2e-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
@@ -120,7 +138,9 @@ fn prometheus_with_the_charts_rules_answers_every_panel_and_agrees_with_the_mete
         // A vendor nobody listens for: its requests fail, so error series exist.
         let closed = free_port();
         let meter = setup
-            .vendor_yaml(&format!("  - name: vendor-broken\n    url: http://127.0.0.1:{closed}\n"))
+            .vendor_yaml(&format!(
+                "  - name: vendor-broken\n    url: http://127.0.0.1:{closed}\n"
+            ))
             // Three destinations past a cap of two: the "other" series exists.
             .yaml("metrics:\n  max_destinations_per_vendor: 2")
             .spawn()
@@ -144,7 +164,10 @@ fn prometheus_with_the_charts_rules_answers_every_panel_and_agrees_with_the_mete
                     route: VendorRoute::Header,
                 })
                 .collect(),
-            targets: targets.iter().map(|t| t.parse::<Target>().unwrap()).collect(),
+            targets: targets
+                .iter()
+                .map(|t| t.parse::<Target>().unwrap())
+                .collect(),
             pods: (0..3).map(|i| format!("crawlers/crawler-{i}")).collect(),
             proxy_password: String::new(),
             rate_per_pod: 30.0,
@@ -156,11 +179,23 @@ fn prometheus_with_the_charts_rules_answers_every_panel_and_agrees_with_the_mete
             requests_per_connection: 10,
             request_timeout: Duration::from_secs(10),
         };
-        let outcome = Run::new(plan, pki.roots.clone()).unwrap().execute(Default::default()).await;
-        assert!(outcome.report.completed > 300, "{}", outcome.report.render_text());
+        let outcome = Run::new(plan, pki.roots.clone())
+            .unwrap()
+            .execute(Default::default())
+            .await;
+        assert!(
+            outcome.report.completed > 300,
+            "{}",
+            outcome.report.render_text()
+        );
         // A refused request, so the rejected-requests series exist.
         let proxy = pt_load::client::ProxyEndpoint::new(meter.proxy());
-        let refused = pt_load::client::tunnel_h1(&proxy, proxy.dial(Arc::default()).await.unwrap(), "shop-a.test:22").await;
+        let refused = pt_load::client::tunnel_h1(
+            &proxy,
+            proxy.dial(Arc::default()).await.unwrap(),
+            "shop-a.test:22",
+        )
+        .await;
         assert!(refused.is_err());
 
         // Wait until Prometheus' latest samples hold the final counts.
@@ -179,7 +214,12 @@ fn prometheus_with_the_charts_rules_answers_every_panel_and_agrees_with_the_mete
                     .await
                     .map(|rows| {
                         rows.into_iter()
-                            .map(|r| (r.labels.get("proxy_vendor").cloned().unwrap_or_default(), r.value))
+                            .map(|r| {
+                                (
+                                    r.labels.get("proxy_vendor").cloned().unwrap_or_default(),
+                                    r.value,
+                                )
+                            })
                             .collect::<BTreeMap<_, _>>()
                     })
                     .unwrap_or_default()
@@ -195,10 +235,22 @@ fn prometheus_with_the_charts_rules_answers_every_panel_and_agrees_with_the_mete
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
         assert_eq!(in_prometheus, expected_requests, "requests per vendor");
-        for family in ["proxy_sent_bytes_total", "proxy_received_bytes_total", "proxy_destination_requests_total"] {
-            assert_eq!(query_by_vendor(family.into()).await, by_vendor(family), "{family}");
+        for family in [
+            "proxy_sent_bytes_total",
+            "proxy_received_bytes_total",
+            "proxy_destination_requests_total",
+        ] {
+            assert_eq!(
+                query_by_vendor(family.into()).await,
+                by_vendor(family),
+                "{family}"
+            );
         }
-        assert_eq!(expected_requests.len(), 3, "all three vendors carried requests: {expected_requests:?}");
+        assert_eq!(
+            expected_requests.len(),
+            3,
+            "all three vendors carried requests: {expected_requests:?}"
+        );
         // Let the rules evaluate over the final data.
         tokio::time::sleep(Duration::from_secs(3)).await;
 

@@ -277,6 +277,23 @@ struct Pod {
     carriers: tokio::sync::Mutex<HashMap<ConnKey, http2::SendRequest<ClientBody>>>,
 }
 
+/// Reads a response to its end and returns its status. `proxied` counts it among the requests
+/// the meter must count, when the proxy itself answered it (plain HTTP, not inside a tunnel).
+async fn complete(
+    response: Result<http::Response<hyper::body::Incoming>, hyper::Error>,
+    proxied: Option<&AtomicU64>,
+) -> Result<u16, ErrorKind> {
+    let response = response.map_err(|e| ErrorKind::of(e.into()))?;
+    if let Some(counter) = proxied {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+    let status = response.status().as_u16();
+    client::drain(response.into_body())
+        .await
+        .map_err(ErrorKind::of)?;
+    Ok(status)
+}
+
 /// How a request is written, by where it goes.
 #[derive(Clone, Copy)]
 enum Form {
@@ -421,15 +438,12 @@ impl Pod {
         let response = conn
             .sender
             .send_request(self.build(t, proxy, form, body))
-            .await
-            .map_err(|e| ErrorKind::of(e.into()))?;
-        if matches!(form, Form::AbsoluteH1) {
-            entry.http1.fetch_add(1, Ordering::Relaxed);
-        }
-        let status = response.status().as_u16();
-        client::drain(response.into_body())
-            .await
-            .map_err(ErrorKind::of)?;
+            .await;
+        let status = complete(
+            response,
+            matches!(form, Form::AbsoluteH1).then_some(&entry.http1),
+        )
+        .await?;
         conn.uses += 1;
         if conn.uses < run.plan.requests_per_connection {
             let mut idle = self.idle_h1.lock().unwrap_or_else(|e| e.into_inner());
@@ -475,18 +489,12 @@ impl Pod {
             conn.uses += 1;
             conn.sender.clone()
         };
-        let response = sender
-            .send_request(self.build(t, proxy, form, body))
-            .await
-            .map_err(|e| ErrorKind::of(e.into()))?;
-        if matches!(form, Form::AbsoluteH2) {
-            entry.h2.fetch_add(1, Ordering::Relaxed);
-        }
-        let status = response.status().as_u16();
-        client::drain(response.into_body())
-            .await
-            .map_err(ErrorKind::of)?;
-        Ok(status)
+        let response = sender.send_request(self.build(t, proxy, form, body)).await;
+        complete(
+            response,
+            matches!(form, Form::AbsoluteH2).then_some(&entry.h2),
+        )
+        .await
     }
 
     /// A CONNECT tunnel to the target, with TLS offering `alpn` inside.

@@ -154,34 +154,69 @@ impl UnreadBytes for tokio::io::DuplexStream {
     }
 }
 
+/// What an observed socket reports its byte counts to.
+pub trait Observer {
+    fn read(&self, n: usize);
+    fn wrote(&self, n: usize);
+    /// The socket is being dropped; `unread` tells how many received bytes were never read.
+    fn closing(&self, _unread: impl FnOnce() -> u64) {}
+}
+
+/// Vendor sockets: every byte counts toward the current attribution, unread ones included.
+impl Observer for Arc<Tally> {
+    fn read(&self, n: usize) {
+        self.received(n as u64);
+    }
+    fn wrote(&self, n: usize) {
+        self.sent(n);
+    }
+    fn closing(&self, unread: impl FnOnce() -> u64) {
+        self.received(unread());
+    }
+}
+
+/// Client sockets: only when bytes last moved, for the idle watchdog.
+impl Observer for Arc<Activity> {
+    fn read(&self, _: usize) {
+        self.touch();
+    }
+    fn wrote(&self, _: usize) {
+        self.touch();
+    }
+}
+
 pin_project_lite::pin_project! {
-    /// A vendor-facing socket whose every read and write is counted; see the module docs.
+    /// A socket whose every read and write is reported to its [`Observer`].
     #[derive(Debug)]
-    pub struct MeteredIo<T: UnreadBytes> {
+    pub struct ObservedIo<T: UnreadBytes, O: Observer> {
         #[pin]
         io: T,
-        tally: Arc<Tally>,
+        observer: O,
     }
 
-    impl<T: UnreadBytes> PinnedDrop for MeteredIo<T> {
+    impl<T: UnreadBytes, O: Observer> PinnedDrop for ObservedIo<T, O> {
         fn drop(this: Pin<&mut Self>) {
             let this = this.project();
-            this.tally.received(this.io.unread_bytes());
+            let io = this.io;
+            this.observer.closing(|| io.unread_bytes());
         }
     }
 }
 
-impl<T: UnreadBytes> MeteredIo<T> {
-    pub fn new(io: T, tally: Arc<Tally>) -> MeteredIo<T> {
-        MeteredIo { io, tally }
+/// A vendor-facing socket whose every read and write is counted; see the module docs.
+pub type MeteredIo<T> = ObservedIo<T, Arc<Tally>>;
+
+impl<T: UnreadBytes, O: Observer> ObservedIo<T, O> {
+    pub fn new(io: T, observer: O) -> ObservedIo<T, O> {
+        ObservedIo { io, observer }
     }
 
-    pub fn tally(&self) -> &Arc<Tally> {
-        &self.tally
+    pub fn observer(&self) -> &O {
+        &self.observer
     }
 }
 
-impl<T: AsyncRead + UnreadBytes> AsyncRead for MeteredIo<T> {
+impl<T: AsyncRead + UnreadBytes, O: Observer> AsyncRead for ObservedIo<T, O> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -190,12 +225,12 @@ impl<T: AsyncRead + UnreadBytes> AsyncRead for MeteredIo<T> {
         let this = self.project();
         let before = buf.filled().len();
         ready!(this.io.poll_read(cx, buf))?;
-        this.tally.received((buf.filled().len() - before) as u64);
+        this.observer.read(buf.filled().len() - before);
         Poll::Ready(Ok(()))
     }
 }
 
-impl<T: AsyncWrite + UnreadBytes> AsyncWrite for MeteredIo<T> {
+impl<T: AsyncWrite + UnreadBytes, O: Observer> AsyncWrite for ObservedIo<T, O> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -203,7 +238,7 @@ impl<T: AsyncWrite + UnreadBytes> AsyncWrite for MeteredIo<T> {
     ) -> Poll<io::Result<usize>> {
         let this = self.project();
         let n = ready!(this.io.poll_write(cx, buf))?;
-        this.tally.sent(n);
+        this.observer.wrote(n);
         Poll::Ready(Ok(n))
     }
 
@@ -214,7 +249,7 @@ impl<T: AsyncWrite + UnreadBytes> AsyncWrite for MeteredIo<T> {
     ) -> Poll<io::Result<usize>> {
         let this = self.project();
         let n = ready!(this.io.poll_write_vectored(cx, bufs))?;
-        this.tally.sent(n);
+        this.observer.wrote(n);
         Poll::Ready(Ok(n))
     }
 

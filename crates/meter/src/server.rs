@@ -8,11 +8,8 @@
 //! (unless they carry an HTTP/2 tunnel, which has its own idle timeout).
 
 use std::convert::Infallible;
-use std::io;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use http::{Method, Request, Response};
@@ -22,13 +19,14 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use pt_config::{LimitsConfig, VendorIndex};
 use pt_metrics::labels::RejectReason;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::ProxyBody;
 use crate::activity::Activity;
 use crate::admission::ConnInfo;
+use crate::counting_io::ObservedIo;
 use crate::shared::Shared;
 use crate::{forward, tunnel};
 
@@ -137,10 +135,8 @@ async fn serve(
     let _ = stream.set_nodelay(true);
     let activity = Arc::new(Activity::default());
     let tunnels = Arc::new(AtomicUsize::new(0));
-    let io = TokioIo::new(ClientIo {
-        io: stream,
-        activity: activity.clone(),
-    });
+    // The client socket records when bytes last moved, for the idle watchdog.
+    let io = TokioIo::new(ObservedIo::new(stream, activity.clone()));
     let service_shared = shared.clone();
     let service_tunnels = tunnels.clone();
     let service = service_fn(move |request: Request<Incoming>| {
@@ -178,63 +174,5 @@ async fn route(
         tunnel::connect(shared, info, tunnels, request).await
     } else {
         forward::forward(shared, info, request).await
-    }
-}
-
-pin_project_lite::pin_project! {
-    /// A client socket that records when bytes last moved, for the idle watchdog.
-    struct ClientIo {
-        #[pin]
-        io: TcpStream,
-        activity: Arc<Activity>,
-    }
-}
-
-impl AsyncRead for ClientIo {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = self.project();
-        ready!(this.io.poll_read(cx, buf))?;
-        this.activity.touch();
-        Poll::Ready(Ok(()))
-    }
-}
-
-impl AsyncWrite for ClientIo {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let this = self.project();
-        let n = ready!(this.io.poll_write(cx, buf))?;
-        this.activity.touch();
-        Poll::Ready(Ok(n))
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        let this = self.project();
-        let n = ready!(this.io.poll_write_vectored(cx, bufs))?;
-        this.activity.touch();
-        Poll::Ready(Ok(n))
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.project().io.poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.project().io.poll_shutdown(cx)
     }
 }

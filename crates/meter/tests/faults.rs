@@ -5,59 +5,11 @@
 
 mod support;
 
-use http::Method;
-use http_body_util::BodyExt;
-use pt_load::client::{self, ClientError, ProxyEndpoint};
+use pt_load::client::ProxyEndpoint;
 use pt_testkit::meter::MeterSetup;
-use pt_testkit::paths::absolute;
 use pt_testkit::vendor::{FakeVendor, Fault, RESET_AFTER};
-use support::counters;
+use support::{connect, get};
 use tokio::io::AsyncReadExt;
-
-/// A plain GET through the meter: status, error-reason header, body (or the body error).
-async fn get(proxy: &ProxyEndpoint) -> (u16, String, Result<String, String>) {
-    let mut sender = client::http1(proxy.dial(counters()).await.unwrap())
-        .await
-        .unwrap();
-    let request = absolute(
-        proxy,
-        Method::GET,
-        "shop-a.test",
-        "/bytes/100",
-        client::empty(),
-    );
-    let response = sender.send_request(request).await.unwrap();
-    let status = response.status().as_u16();
-    let reason = response
-        .headers()
-        .get("x-proxy-telemetry-error")
-        .map(|v| v.to_str().unwrap().to_owned())
-        .unwrap_or_default();
-    assert!(
-        response.headers().get("proxy-authenticate").is_none(),
-        "no vendor challenge leaks"
-    );
-    let body = match response.into_body().collect().await {
-        Ok(b) => Ok(String::from_utf8_lossy(&b.to_bytes()).into_owned()),
-        Err(e) => Err(e.to_string()),
-    };
-    (status, reason, body)
-}
-
-/// A CONNECT through the meter: the status it was refused with, if refused.
-async fn connect(proxy: &ProxyEndpoint) -> Result<hyper::upgrade::Upgraded, u16> {
-    match client::tunnel_h1(
-        proxy,
-        proxy.dial(counters()).await.unwrap(),
-        "shop-a.test:443",
-    )
-    .await
-    {
-        Ok(upgraded) => Ok(upgraded),
-        Err(ClientError::Refused(status)) => Err(status.as_u16()),
-        Err(e) => panic!("unexpected {e}"),
-    }
-}
 
 async fn meter_with(vendor_url: &str, extra: &str) -> pt_testkit::meter::TestMeter {
     MeterSetup::new()
@@ -87,10 +39,18 @@ async fn a_vendor_that_refuses_connections_gives_502_connect_refused() {
         .unwrap();
     let meter = meter_with(&closed.to_string(), "").await;
     let proxy = ProxyEndpoint::new(meter.proxy());
-    let (status, reason, body) = get(&proxy).await;
-    assert_eq!((status, reason.as_str()), (502, "connect_refused"));
-    assert!(body.unwrap().contains("vendor-a refused the connection"));
-    assert_eq!(connect(&proxy).await.err(), Some(502));
+    let answer = get(&proxy, "shop-a.test").await;
+    assert_eq!(
+        (answer.status, answer.reason.as_str()),
+        (502, "connect_refused")
+    );
+    assert!(
+        answer
+            .body
+            .unwrap()
+            .contains("vendor-a refused the connection")
+    );
+    assert_eq!(connect(&proxy, "shop-a.test:443").await.err(), Some(502));
     let scrape = meter.scrape().await;
     assert_eq!(reason_count(&scrape, "connect_refused"), 2);
     assert_eq!(
@@ -108,12 +68,16 @@ async fn a_vendor_407_becomes_502_vendor_auth_without_the_challenge() {
         .await;
     let meter = meter_with(&vendor.address.to_string(), "").await;
     let proxy = ProxyEndpoint::new(meter.proxy());
-    let (status, reason, body) = get(&proxy).await;
-    assert_eq!((status, reason.as_str()), (502, "vendor_auth"));
-    let body = body.unwrap();
+    let answer = get(&proxy, "shop-a.test").await;
+    assert_eq!(
+        (answer.status, answer.reason.as_str()),
+        (502, "vendor_auth")
+    );
+    assert!(!answer.challenge, "no vendor challenge leaks");
+    let body = answer.body.unwrap();
     assert!(body.contains("rejected the meter's credentials"), "{body}");
     assert!(!body.contains("fake-vendor-challenge"));
-    assert_eq!(connect(&proxy).await.err(), Some(502));
+    assert_eq!(connect(&proxy, "shop-a.test:443").await.err(), Some(502));
     let scrape = support::settle(|| async {
         let scrape = meter.scrape().await;
         let done = scrape.sum("proxy_received_bytes_total", &[]) == vendor.bytes_to_meter();
@@ -141,12 +105,14 @@ async fn a_vendor_reset_mid_body_is_counted_as_reset_with_every_byte_that_arrive
     let proxy = ProxyEndpoint::new(meter.proxy());
 
     // Plain HTTP: the head was 200, the body breaks off.
-    let (status, _, body) = get(&proxy).await;
-    assert_eq!(status, 200);
-    assert!(body.is_err(), "the client sees the body cut short");
+    let answer = get(&proxy, "shop-a.test").await;
+    assert_eq!(answer.status, 200);
+    assert!(answer.body.is_err(), "the client sees the body cut short");
 
     // A tunnel: the destination's first bytes arrive, then the tunnel closes.
-    let upgraded = connect(&proxy).await.expect("tunnel established");
+    let upgraded = connect(&proxy, "shop-a.test:443")
+        .await
+        .expect("tunnel established");
     let mut tunnel = hyper_util::rt::TokioIo::new(upgraded);
     let mut received = Vec::new();
     let _ = tunnel.read_to_end(&mut received).await;
@@ -184,9 +150,9 @@ async fn a_silent_vendor_times_out_with_504() {
     .await;
     let proxy = ProxyEndpoint::new(meter.proxy());
     let started = std::time::Instant::now();
-    let (status, reason, _) = get(&proxy).await;
-    assert_eq!((status, reason.as_str()), (504, "timeout"));
-    assert_eq!(connect(&proxy).await.err(), Some(504));
+    let answer = get(&proxy, "shop-a.test").await;
+    assert_eq!((answer.status, answer.reason.as_str()), (504, "timeout"));
+    assert_eq!(connect(&proxy, "shop-a.test:443").await.err(), Some(504));
     assert!(started.elapsed() < std::time::Duration::from_secs(5));
     let scrape = support::settle(|| async {
         let scrape = meter.scrape().await;

@@ -27,29 +27,6 @@ async fn the_admin_endpoint_serves_metrics_health_and_readiness() {
     assert_eq!(world.meter.admin_get("/other").await.0, 404);
 }
 
-/// A TLS HTTP/2 tunnel through the meter, ready for requests.
-async fn open_tunnel(
-    world: &support::World,
-) -> hyper::client::conn::http2::SendRequest<client::ClientBody> {
-    let proxy = world.proxy_for("crawlers/pod-1");
-    let tunnel = client::tunnel_h1(
-        &proxy,
-        proxy.dial(counters()).await.unwrap(),
-        "shop-a.test:443",
-    )
-    .await
-    .unwrap();
-    let tls = client::tls(
-        hyper_util::rt::TokioIo::new(tunnel),
-        "shop-a.test",
-        &["h2"],
-        world.roots(),
-    )
-    .await
-    .unwrap();
-    client::http2(tls).await.unwrap()
-}
-
 async fn fetch(
     sender: &hyper::client::conn::http2::SendRequest<client::ClientBody>,
     size: u64,
@@ -70,7 +47,7 @@ async fn fetch(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_drains_open_tunnels_while_metrics_stay_up() {
     let world = world("shutdown:\n  grace_period: 20s").await;
-    let sender = open_tunnel(&world).await;
+    let sender = support::h2_tunnel(&world, "crawlers/pod-1", "shop-a.test").await;
     assert_eq!(fetch(&sender, 1000).await, Ok(1000));
     let (admin, proxy) = (world.meter.admin, world.meter.proxy());
     let shutdown = tokio::spawn(world.meter.shutdown());
@@ -103,7 +80,7 @@ async fn shutdown_drains_open_tunnels_while_metrics_stay_up() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_the_grace_period_remaining_tunnels_are_closed() {
     let world = world("shutdown:\n  grace_period: 300ms").await;
-    let sender = open_tunnel(&world).await;
+    let sender = support::h2_tunnel(&world, "crawlers/pod-1", "shop-a.test").await;
     assert_eq!(fetch(&sender, 10).await, Ok(10));
     let started = std::time::Instant::now();
     world.meter.shutdown().await;
@@ -114,7 +91,7 @@ async fn after_the_grace_period_remaining_tunnels_are_closed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_tunnels_are_closed_and_counted() {
     let world = world("limits:\n  tunnel_idle_timeout: 300ms").await;
-    let sender = open_tunnel(&world).await;
+    let sender = support::h2_tunnel(&world, "crawlers/pod-1", "shop-a.test").await;
     assert_eq!(fetch(&sender, 10).await, Ok(10));
     let scrape = support::settle(|| async {
         let scrape = world.meter.scrape().await;

@@ -6,13 +6,13 @@
 mod support;
 
 use http::Method;
-use pt_load::client::{self, ClientError, ProxyEndpoint};
+use pt_load::client::{self, ProxyEndpoint};
 use pt_testkit::meter::{MeterSetup, TestMeter};
 use pt_testkit::origin::Origin;
 use pt_testkit::paths::absolute;
 use pt_testkit::pki::TestPki;
 use pt_testkit::vendor::FakeVendor;
-use support::{HOSTS, VENDOR_PASSWORD, counters, vendor_for};
+use support::{HOSTS, VENDOR_PASSWORD, connect_status, counters, get, vendor_for};
 
 struct Two {
     a: FakeVendor,
@@ -35,45 +35,14 @@ async fn two_vendors(extra: &str, listeners: &[Option<&str>]) -> Two {
     Two { a, b, meter, pki }
 }
 
-async fn get(proxy: &ProxyEndpoint) -> u16 {
-    let mut sender = client::http1(proxy.dial(counters()).await.unwrap())
-        .await
-        .unwrap();
-    let request = absolute(
-        proxy,
-        Method::GET,
-        "shop-a.test",
-        "/bytes/10",
-        client::empty(),
-    );
-    let response = sender.send_request(request).await.unwrap();
-    let status = response.status().as_u16();
-    client::drain(response.into_body()).await.unwrap();
-    status
-}
-
-async fn connect(proxy: &ProxyEndpoint) -> u16 {
-    match client::tunnel_h1(
-        proxy,
-        proxy.dial(counters()).await.unwrap(),
-        "shop-a.test:443",
-    )
-    .await
-    {
-        Ok(_) => 200,
-        Err(ClientError::Refused(s)) => s.as_u16(),
-        Err(e) => panic!("{e}"),
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_vendor_header_chooses_the_vendor_and_is_not_forwarded() {
     let two = two_vendors("routing:\n  default_vendor: vendor-a", &[None]).await;
     let base = ProxyEndpoint::new(two.meter.proxy());
     let to_b = base.clone().with_header("X-Proxy-Vendor", "vendor-b");
-    assert_eq!(get(&to_b).await, 200);
-    assert_eq!(connect(&to_b).await, 200);
-    assert_eq!(get(&base).await, 200);
+    assert_eq!(get(&to_b, "shop-a.test").await.status, 200);
+    assert_eq!(connect_status(&to_b, "shop-a.test:443").await, 200);
+    assert_eq!(get(&base, "shop-a.test").await.status, 200);
     assert_eq!(two.b.requests().len(), 2);
     assert_eq!(two.a.requests().len(), 1);
     for seen in two.b.requests() {
@@ -98,8 +67,8 @@ async fn the_vendor_header_chooses_the_vendor_and_is_not_forwarded() {
 async fn an_unknown_vendor_is_refused_and_nothing_is_forwarded() {
     let two = two_vendors("routing:\n  default_vendor: vendor-a", &[None]).await;
     let wrong = ProxyEndpoint::new(two.meter.proxy()).with_header("X-Proxy-Vendor", "vendor-z");
-    assert_eq!(get(&wrong).await, 400);
-    assert_eq!(connect(&wrong).await, 400);
+    assert_eq!(get(&wrong, "shop-a.test").await.status, 400);
+    assert_eq!(connect_status(&wrong, "shop-a.test:443").await, 400);
     assert!(two.a.connections().is_empty() && two.b.connections().is_empty());
     let scrape = two.meter.scrape().await;
     assert_eq!(
@@ -114,7 +83,12 @@ async fn an_unknown_vendor_is_refused_and_nothing_is_forwarded() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_any_choice_or_default_the_request_is_refused() {
     let two = two_vendors("", &[None]).await;
-    assert_eq!(get(&ProxyEndpoint::new(two.meter.proxy())).await, 400);
+    assert_eq!(
+        get(&ProxyEndpoint::new(two.meter.proxy()), "shop-a.test")
+            .await
+            .status,
+        400
+    );
     let scrape = two.meter.scrape().await;
     assert_eq!(
         scrape.sum("proxy_rejected_requests_total", &[("reason", "no_vendor")]),
@@ -130,11 +104,16 @@ async fn a_dedicated_listener_sends_everything_to_its_vendor() {
     )
     .await;
     let dedicated = ProxyEndpoint::new(two.meter.proxies[1]);
-    assert_eq!(get(&dedicated).await, 200);
-    assert_eq!(connect(&dedicated).await, 200);
+    assert_eq!(get(&dedicated, "shop-a.test").await.status, 200);
+    assert_eq!(connect_status(&dedicated, "shop-a.test:443").await, 200);
     // The listener wins over a header naming another vendor.
     assert_eq!(
-        get(&dedicated.clone().with_header("X-Proxy-Vendor", "vendor-a")).await,
+        get(
+            &dedicated.clone().with_header("X-Proxy-Vendor", "vendor-a"),
+            "shop-a.test"
+        )
+        .await
+        .status,
         200
     );
     assert_eq!(two.b.requests().len(), 3);
@@ -149,7 +128,7 @@ async fn the_client_username_can_choose_the_vendor() {
     )
     .await;
     let team_b = ProxyEndpoint::new(two.meter.proxy()).with_credentials("team-b", "x");
-    assert_eq!(get(&team_b).await, 200);
+    assert_eq!(get(&team_b, "shop-a.test").await.status, 200);
     assert_eq!(two.b.requests().len(), 1);
     let scrape = two.meter.scrape().await;
     assert_eq!(

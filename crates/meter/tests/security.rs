@@ -8,43 +8,15 @@ mod support;
 use std::time::Duration;
 
 use base64::Engine;
-use http::Method;
-use http_body_util::BodyExt;
-use pt_load::client::{self, ClientError, ProxyEndpoint};
+use pt_load::client::ProxyEndpoint;
 use pt_testkit::meter::{MeterSetup, TestMeter};
-use pt_testkit::paths::{Path, absolute};
+use pt_testkit::paths::Path;
 use pt_testkit::vendor::{FakeVendor, Fault};
-use support::{VENDOR_PASSWORD, counters, world};
+use support::{VENDOR_PASSWORD, connect_status, counters, get, world};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 const CLIENT_CANARY: &str = "client-canary-93be";
-
-/// Status, reason header and body of a GET through the meter.
-async fn get(proxy: &ProxyEndpoint, host: &str) -> (u16, String, String) {
-    let mut sender = client::http1(proxy.dial(counters()).await.unwrap())
-        .await
-        .unwrap();
-    let request = absolute(proxy, Method::GET, host, "/bytes/10", client::empty());
-    let response = sender.send_request(request).await.unwrap();
-    let status = response.status().as_u16();
-    let reason = response
-        .headers()
-        .get("x-proxy-telemetry-error")
-        .map(|v| v.to_str().unwrap().to_owned())
-        .unwrap_or_default();
-    let body = response.into_body().collect().await.unwrap().to_bytes();
-    (status, reason, String::from_utf8_lossy(&body).into_owned())
-}
-
-/// The status a CONNECT is refused with (200 when it is not).
-async fn connect_status(proxy: &ProxyEndpoint, authority: &str) -> u16 {
-    match client::tunnel_h1(proxy, proxy.dial(counters()).await.unwrap(), authority).await {
-        Ok(_) => 200,
-        Err(ClientError::Refused(status)) => status.as_u16(),
-        Err(e) => panic!("{authority}: {e}"),
-    }
-}
 
 fn base64(text: &str) -> String {
     base64::engine::general_purpose::STANDARD.encode(text)
@@ -77,7 +49,8 @@ async fn canary_credentials_appear_only_where_they_belong() {
             "shop-a.test",
         )
         .await
-        .2,
+        .body
+        .unwrap(),
     );
     bodies.push(
         get(
@@ -85,9 +58,10 @@ async fn canary_credentials_appear_only_where_they_belong() {
             "shop-a.test",
         )
         .await
-        .2,
+        .body
+        .unwrap(),
     );
-    bodies.push(get(&proxy, "169.254.169.254").await.2);
+    bodies.push(get(&proxy, "169.254.169.254").await.body.unwrap());
 
     let vendor_token = base64(&format!("meter:{VENDOR_PASSWORD}"));
     let client_token = base64(&format!("crawlers/pod-1:{CLIENT_CANARY}"));
@@ -155,9 +129,9 @@ async fn private_and_metadata_destinations_are_refused_before_any_dial() {
             "0x7f.1",
             "0177.0.0.1",
         ] {
-            let (status, reason, _) = get(&proxy, host).await;
+            let answer = get(&proxy, host).await;
             assert_eq!(
-                (status, reason.as_str()),
+                (answer.status, answer.reason.as_str()),
                 (403, "destination_not_allowed"),
                 "GET {host}"
             );
@@ -168,13 +142,16 @@ async fn private_and_metadata_destinations_are_refused_before_any_dial() {
             );
         }
         // The meter's own admin port is loopback too.
-        let (status, _, _) = get(&proxy, &format!("127.0.0.1:{admin_port}")).await;
-        assert_eq!(status, 403);
+        let answer = get(&proxy, &format!("127.0.0.1:{admin_port}")).await;
+        assert_eq!(answer.status, 403);
     }
     // A direct vendor resolves names itself and checks the address it will dial.
     let proxy = ProxyEndpoint::new(direct.proxy());
-    let (status, reason, _) = get(&proxy, "localhost").await;
-    assert_eq!((status, reason.as_str()), (403, "destination_not_allowed"));
+    let answer = get(&proxy, "localhost").await;
+    assert_eq!(
+        (answer.status, answer.reason.as_str()),
+        (403, "destination_not_allowed")
+    );
     assert_eq!(connect_status(&proxy, "localhost:443").await, 403);
     assert!(
         world.vendor.connections().is_empty(),
@@ -203,8 +180,8 @@ async fn an_allow_listed_private_network_is_reachable_directly() {
         .spawn()
         .await;
     let proxy = ProxyEndpoint::new(direct.proxy());
-    let (status, _, body) = get(&proxy, &world.origin.http.to_string()).await;
-    assert_eq!(status, 200, "{body}");
+    let answer = get(&proxy, &world.origin.http.to_string()).await;
+    assert_eq!(answer.status, 200, "{:?}", answer.body);
     let scrape = direct.scrape().await;
     assert_eq!(
         scrape.sum(
@@ -222,8 +199,11 @@ async fn connect_only_reaches_allowed_ports() {
     let proxy = world.proxy_for("crawlers/pod-1");
     assert_eq!(connect_status(&proxy, "shop-a.test:22").await, 403);
     assert_eq!(connect_status(&proxy, "shop-a.test:8443").await, 403);
-    let (status, reason, _) = get(&proxy, "shop-a.test:25").await;
-    assert_eq!((status, reason.as_str()), (403, "port_not_allowed"));
+    let answer = get(&proxy, "shop-a.test:25").await;
+    assert_eq!(
+        (answer.status, answer.reason.as_str()),
+        (403, "port_not_allowed")
+    );
     assert!(world.vendor.connections().is_empty());
     let scrape = world.meter.scrape().await;
     assert_eq!(
@@ -247,17 +227,20 @@ async fn client_credentials_are_required_when_configured() {
         .spawn()
         .await;
     let anonymous = ProxyEndpoint::new(meter.proxy());
-    let (status, reason, _) = get(&anonymous, "shop-a.test").await;
-    assert_eq!((status, reason.as_str()), (407, "auth_required"));
+    let answer = get(&anonymous, "shop-a.test").await;
+    assert_eq!(
+        (answer.status, answer.reason.as_str()),
+        (407, "auth_required")
+    );
     let wrong = anonymous
         .clone()
         .with_credentials("crawlers/pod-1", "guess");
-    assert_eq!(get(&wrong, "shop-a.test").await.0, 407);
+    assert_eq!(get(&wrong, "shop-a.test").await.status, 407);
     assert_eq!(connect_status(&wrong, "shop-a.test:443").await, 407);
     let right = anonymous
         .clone()
         .with_credentials("crawlers/pod-1", "let-me-in");
-    assert_eq!(get(&right, "shop-a.test").await.0, 200);
+    assert_eq!(get(&right, "shop-a.test").await.status, 200);
     assert_eq!(
         vendor.requests().len(),
         1,
@@ -336,7 +319,7 @@ async fn ambiguous_framing_is_refused_and_nothing_is_forwarded() {
     assert_eq!(world.vendor.bytes_from_meter(), 0, "nothing was forwarded");
     // The meter still serves.
     let proxy = world.proxy_for("crawlers/pod-1");
-    assert_eq!(get(&proxy, "shop-a.test").await.0, 200);
+    assert_eq!(get(&proxy, "shop-a.test").await.status, 200);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

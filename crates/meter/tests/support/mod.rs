@@ -102,3 +102,91 @@ where
 pub fn counters() -> Arc<WireCounters> {
     Arc::new(WireCounters::default())
 }
+
+/// What a crawler got for a plain GET through the meter.
+pub struct Answer {
+    pub status: u16,
+    /// The meter's `x-proxy-telemetry-error` header, or "".
+    pub reason: String,
+    /// The body, or the error that cut it short.
+    pub body: Result<String, String>,
+    /// Whether the answer carried a `Proxy-Authenticate` challenge.
+    pub challenge: bool,
+}
+
+/// `GET http://host/bytes/100` through the meter on a new connection.
+pub async fn get(proxy: &ProxyEndpoint, host: &str) -> Answer {
+    use http_body_util::BodyExt;
+    let mut sender = pt_load::client::http1(proxy.dial(counters()).await.unwrap())
+        .await
+        .unwrap();
+    let request = pt_testkit::paths::absolute(
+        proxy,
+        http::Method::GET,
+        host,
+        "/bytes/100",
+        pt_load::client::empty(),
+    );
+    let response = sender.send_request(request).await.unwrap();
+    let header = |name: &str| {
+        response
+            .headers()
+            .get(name)
+            .map(|v| v.to_str().unwrap().to_owned())
+    };
+    let reason = header("x-proxy-telemetry-error").unwrap_or_default();
+    let challenge = header("proxy-authenticate").is_some();
+    let status = response.status().as_u16();
+    let body = match response.into_body().collect().await {
+        Ok(b) => Ok(String::from_utf8_lossy(&b.to_bytes()).into_owned()),
+        Err(e) => Err(e.to_string()),
+    };
+    Answer {
+        status,
+        reason,
+        body,
+        challenge,
+    }
+}
+
+/// A CONNECT to `authority` through the meter: the tunnel, or the status it was refused with.
+pub async fn connect(
+    proxy: &ProxyEndpoint,
+    authority: &str,
+) -> Result<hyper::upgrade::Upgraded, u16> {
+    match pt_load::client::tunnel_h1(proxy, proxy.dial(counters()).await.unwrap(), authority).await
+    {
+        Ok(upgraded) => Ok(upgraded),
+        Err(pt_load::client::ClientError::Refused(status)) => Err(status.as_u16()),
+        Err(e) => panic!("CONNECT {authority}: {e}"),
+    }
+}
+
+/// The status a CONNECT got (200 when the tunnel opened).
+pub async fn connect_status(proxy: &ProxyEndpoint, authority: &str) -> u16 {
+    connect(proxy, authority)
+        .await
+        .map(|_| 200)
+        .unwrap_or_else(|status| status)
+}
+
+/// A TLS tunnel to `host:443` through the meter, with HTTP/2 inside.
+pub async fn h2_tunnel(
+    world: &World,
+    pod: &str,
+    host: &str,
+) -> hyper::client::conn::http2::SendRequest<pt_load::client::ClientBody> {
+    let proxy = world.proxy_for(pod);
+    let tunnel = connect(&proxy, &format!("{host}:443"))
+        .await
+        .expect("tunnel opens");
+    let tls = pt_load::client::tls(
+        hyper_util::rt::TokioIo::new(tunnel),
+        host,
+        &["h2"],
+        world.roots(),
+    )
+    .await
+    .unwrap();
+    pt_load::client::http2(tls).await.unwrap()
+}

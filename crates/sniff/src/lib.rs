@@ -10,14 +10,19 @@
 //!   (`2130706433`, `0x7f.1`) recognised as the addresses they are.
 //! - [`client_hello`]: an incremental TLS ClientHello reader yielding SNI and ALPN.
 //! - [`destination`]: the bounded `destination` label value of a host (registrable domain).
+//! - [`http1`]: HTTP/1.1 heads and body framing, for metering proxy traffic the meter only
+//!   observes (transparent mode).
 //! - [`net`]: CIDR blocks and the address classes a proxy must refuse by default.
+//! - [`socks5`]: SOCKS5 handshakes (RFC 1928, RFC 1929), for the same observation.
 
 pub mod authority;
 pub mod client_hello;
 pub mod destination;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod http1;
 pub mod net;
+pub mod socks5;
 
 pub use authority::{Authority, AuthorityError, Host};
 pub use client_hello::{ClientHello, Sniff};

@@ -34,3 +34,19 @@ fn the_client_hello_corpus_passes() {
         assert!(outcome.is_ok(), "{}", path.display());
     }
 }
+
+#[test]
+fn the_http1_framing_corpus_passes() {
+    for (path, data) in corpus("http1_framing") {
+        let outcome = std::panic::catch_unwind(|| pt_sniff::fuzzing::http1_framing(&data));
+        assert!(outcome.is_ok(), "{}", path.display());
+    }
+}
+
+#[test]
+fn the_socks5_corpus_passes() {
+    for (path, data) in corpus("socks5") {
+        let outcome = std::panic::catch_unwind(|| pt_sniff::fuzzing::socks5(&data));
+        assert!(outcome.is_ok(), "{}", path.display());
+    }
+}

@@ -32,6 +32,7 @@ pub type Env = HashMap<String, String>;
 #[derive(Clone, Debug)]
 pub struct MeterConfig {
     pub listeners: Vec<ListenerConfig>,
+    pub transparent: TransparentConfig,
     pub admin_address: SocketAddr,
     pub vendors: Vec<VendorConfig>,
     pub routing: RoutingConfig,
@@ -54,12 +55,61 @@ pub struct ListenerConfig {
     pub vendor: Option<VendorIndex>,
 }
 
+/// Transparent mode: connections redirected to the meter by iptables.
+#[derive(Clone, Debug)]
+pub struct TransparentConfig {
+    /// Empty: transparent mode is off.
+    pub listeners: Vec<SocketAddr>,
+    /// `SO_MARK` for the meter's own outbound sockets.
+    pub outbound_mark: Option<u32>,
+    pub meter_unmatched: bool,
+    pub resolve_interval: Duration,
+}
+
 #[derive(Clone, Debug)]
 pub struct VendorConfig {
     pub name: String,
     pub upstream: Upstream,
     pub forward_client_credentials: bool,
     pub max_idle_connections: usize,
+    /// Where crawlers reach this vendor, for transparent mode (the `url` first).
+    pub endpoints: Vec<Endpoint>,
+}
+
+/// An address at which crawlers reach a vendor.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Endpoint {
+    /// A host name or IP and a port; names are resolved, and resolved again periodically.
+    Host(Authority),
+    /// Any address in a block, at one port.
+    Net { net: Cidr, port: u16 },
+}
+
+impl std::str::FromStr for Endpoint {
+    type Err = String;
+
+    /// `host:port`, `ip:port`, `[v6]:port`, `cidr:port` or `[v6cidr]:port`.
+    fn from_str(text: &str) -> Result<Endpoint, String> {
+        let (address, port) = text
+            .rsplit_once(':')
+            .filter(|(a, _)| !a.is_empty())
+            .ok_or_else(|| format!("'{text}' is not host:port or cidr:port"))?;
+        let port = pt_sniff::authority::parse_port(port)
+            .map_err(|_| format!("'{text}' has no valid port"))?;
+        let address = address
+            .strip_prefix('[')
+            .and_then(|a| a.strip_suffix(']'))
+            .unwrap_or(address);
+        if address.contains('/') {
+            let net = address
+                .parse::<Cidr>()
+                .map_err(|_| format!("'{address}' is not a CIDR block"))?;
+            return Ok(Endpoint::Net { net, port });
+        }
+        pt_sniff::authority::parse_host(address)
+            .map(|host| Endpoint::Host(Authority { host, port }))
+            .map_err(|e| format!("'{text}': {e}"))
+    }
 }
 
 /// Where a vendor's traffic goes.
@@ -131,13 +181,23 @@ pub struct ClientsConfig {
     pub allowed_sources: Vec<Cidr>,
 }
 
-/// Where the `source_namespace` / `source_pod` labels come from.
+/// Where the `source_namespace` / `source_pod` / `source_workload` labels come from.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum IdentityConfig {
     /// The same identity for every request (a sidecar's own pod).
-    Fixed { namespace: String, pod: String },
+    Fixed {
+        namespace: String,
+        workload: String,
+        pod: String,
+    },
     /// The client's Proxy-Authorization username, `namespace/pod` or `pod`.
     ProxyUsername { default_namespace: String },
+    /// The pod whose IP the connection comes from, through a Kubernetes pod watch.
+    Kubernetes {
+        /// Watch only the pods of this node.
+        node: Option<String>,
+        max_pods: usize,
+    },
 }
 
 #[derive(Clone, Debug)]

@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
 pub struct RawConfig {
     /// Client-facing proxy listeners.
     pub listeners: Vec<RawListener>,
+    pub transparent: RawTransparent,
     pub admin: RawAdmin,
     pub vendors: Vec<RawVendor>,
     pub routing: RawRouting,
@@ -29,6 +30,7 @@ impl Default for RawConfig {
     fn default() -> Self {
         RawConfig {
             listeners: vec![RawListener::default()],
+            transparent: RawTransparent::default(),
             admin: RawAdmin::default(),
             vendors: Vec::new(),
             routing: RawRouting::default(),
@@ -57,6 +59,33 @@ impl Default for RawListener {
         RawListener {
             address: "127.0.0.1:3128".into(),
             vendor: None,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawTransparent {
+    /// Loopback `ip:port` addresses receiving connections that iptables redirected to the meter
+    /// (`REDIRECT`); empty turns transparent mode off.
+    pub listeners: Vec<String>,
+    /// `SO_MARK` set on the meter's own outbound sockets so that the redirect rules can exclude
+    /// them (needs `CAP_NET_ADMIN`); 0 sets none (exclude the meter's uid instead).
+    pub outbound_mark: u32,
+    /// Meter connections to destinations that are no vendor endpoint, under
+    /// `proxy_vendor="unknown"` (bytes only); off: they pass through uncounted.
+    pub meter_unmatched: bool,
+    /// How often vendor endpoint host names are resolved again.
+    pub resolve_interval: String,
+}
+
+impl Default for RawTransparent {
+    fn default() -> Self {
+        RawTransparent {
+            listeners: Vec::new(),
+            outbound_mark: 0,
+            meter_unmatched: false,
+            resolve_interval: "30s".into(),
         }
     }
 }
@@ -96,6 +125,10 @@ pub struct RawVendor {
     pub forward_client_credentials: bool,
     /// Idle keep-alive connections kept to this vendor for plain-HTTP requests.
     pub max_idle_connections: Option<usize>,
+    /// Further addresses crawlers reach this vendor at, for transparent mode: `host:port`,
+    /// `ip:port` or `cidr:port` (`203.0.113.0/24:8000`, `[2001:db8::/32]:8000`). The `url`
+    /// is always one.
+    pub endpoints: Vec<String>,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
@@ -136,16 +169,20 @@ pub struct RawClients {
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawIdentity {
-    /// Where `source_namespace` / `source_pod` come from: `environment` (the Downward API
-    /// variables below, for a sidecar), `proxy_username` (`namespace/pod` or `pod` in the
-    /// client's Proxy-Authorization username, for a shared meter) or `none`.
+    /// Where `source_namespace` / `source_pod` / `source_workload` come from: `environment`
+    /// (the Downward API variables below, for a sidecar), `kubernetes` (the pod whose IP the
+    /// connection comes from, through a pod watch, for a shared meter), `proxy_username`
+    /// (`namespace/pod` or `pod` in the client's Proxy-Authorization username) or `none`.
     pub from: String,
     /// Variable holding the pod name when `from: environment`.
     pub pod_env: String,
     /// Variable holding the namespace when `from: environment`.
     pub namespace_env: String,
+    /// Variable holding the owning workload's name when `from: environment`.
+    pub workload_env: String,
     /// Namespace for `proxy_username` identities that carry none.
     pub default_namespace: String,
+    pub kubernetes: RawKubernetesIdentity,
 }
 
 impl Default for RawIdentity {
@@ -154,7 +191,28 @@ impl Default for RawIdentity {
             from: "environment".into(),
             pod_env: "POD_NAME".into(),
             namespace_env: "POD_NAMESPACE".into(),
+            workload_env: "POD_WORKLOAD".into(),
             default_namespace: "unknown".into(),
+            kubernetes: RawKubernetesIdentity::default(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawKubernetesIdentity {
+    /// Variable holding this node's name: only pods on this node are watched (a per-node
+    /// meter). Empty: every pod in the cluster (a gateway).
+    pub node_env: String,
+    /// Most pods indexed; later ones resolve to `unknown` until others go away (memory bound).
+    pub max_pods: usize,
+}
+
+impl Default for RawKubernetesIdentity {
+    fn default() -> Self {
+        RawKubernetesIdentity {
+            node_env: String::new(),
+            max_pods: 20_000,
         }
     }
 }

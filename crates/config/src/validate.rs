@@ -59,8 +59,11 @@ pub(crate) fn validate(raw: &RawConfig, env: &Env) -> Result<MeterConfig, Config
     let clients = clients(&raw.clients, env, &mut errors);
     let mut listeners = Vec::new();
     let mut seen = HashSet::new();
-    if raw.listeners.is_empty() {
-        errors.push("listeners", "at least one listener is required");
+    if raw.listeners.is_empty() && raw.transparent.listeners.is_empty() {
+        errors.push(
+            "listeners",
+            "at least one listener (or transparent listener) is required",
+        );
     }
     for (i, l) in raw.listeners.iter().enumerate() {
         let path = format!("listeners[{i}]");
@@ -86,6 +89,7 @@ pub(crate) fn validate(raw: &RawConfig, env: &Env) -> Result<MeterConfig, Config
         }
     }
     let admin_address = errors.check("admin.address", parse_addr(&raw.admin.address));
+    let transparent = transparent(&raw.transparent, &mut seen, &mut errors);
 
     let routing = routing(&raw.routing, &mut errors, &vendor_ref);
     let identity = identity(&raw.identity, env, &mut errors);
@@ -110,6 +114,7 @@ pub(crate) fn validate(raw: &RawConfig, env: &Env) -> Result<MeterConfig, Config
     match (errors.0.is_empty(), admin_address) {
         (true, Some(admin_address)) => Ok(MeterConfig {
             listeners,
+            transparent,
             admin_address,
             vendors,
             routing,
@@ -122,6 +127,39 @@ pub(crate) fn validate(raw: &RawConfig, env: &Env) -> Result<MeterConfig, Config
             access_log: raw.access_log.enabled,
         }),
         _ => Err(ConfigErrors(errors.0)),
+    }
+}
+
+fn transparent(
+    raw: &RawTransparent,
+    seen: &mut HashSet<SocketAddr>,
+    errors: &mut Errors,
+) -> TransparentConfig {
+    let mut listeners = Vec::new();
+    for (i, text) in raw.listeners.iter().enumerate() {
+        let path = format!("transparent.listeners[{i}]");
+        let Some(address) = errors.check(&path, parse_addr(text)) else {
+            continue;
+        };
+        if !address.ip().is_loopback() {
+            // iptables REDIRECT in the OUTPUT chain delivers to 127.0.0.1 or ::1; a listener
+            // elsewhere would only be reachable by other hosts, which have nothing to redirect.
+            errors.push(&path, "must be a loopback address (127.0.0.1 or [::1])");
+        } else if address.port() != 0 && !seen.insert(address) {
+            errors.push(&path, "address is used twice");
+        }
+        listeners.push(address);
+    }
+    TransparentConfig {
+        listeners,
+        outbound_mark: (raw.outbound_mark != 0).then_some(raw.outbound_mark),
+        meter_unmatched: raw.meter_unmatched,
+        resolve_interval: duration(
+            errors,
+            "transparent.resolve_interval",
+            &raw.resolve_interval,
+            false,
+        ),
     }
 }
 
@@ -213,12 +251,25 @@ fn vendors(
                 None
             }
         };
+        let mut endpoints: Vec<Endpoint> = match &upstream {
+            Some(Upstream::HttpProxy { address, .. }) => vec![Endpoint::Host(address.clone())],
+            _ => Vec::new(),
+        };
+        for (j, text) in v.endpoints.iter().enumerate() {
+            let path = format!("{path}.endpoints[{j}]");
+            if matches!(upstream, Some(Upstream::Direct)) {
+                errors.push(path, "a direct vendor has no endpoints");
+            } else if let Some(endpoint) = errors.check(&path, text.parse::<Endpoint>()) {
+                endpoints.push(endpoint);
+            }
+        }
         if let Some(upstream) = upstream {
             out.push(VendorConfig {
                 name: v.name.clone(),
                 upstream,
                 forward_client_credentials: v.forward_client_credentials,
                 max_idle_connections: v.max_idle_connections.unwrap_or(default_max_idle),
+                endpoints,
             });
         }
     }
@@ -399,27 +450,51 @@ fn identity(raw: &RawIdentity, env: &Env, errors: &mut Errors) -> IdentityConfig
             .cloned()
             .unwrap_or_else(|| "unknown".to_owned())
     };
+    let unknown = || IdentityConfig::Fixed {
+        namespace: "unknown".into(),
+        workload: "unknown".into(),
+        pod: "unknown".into(),
+    };
     match raw.from.as_str() {
         "environment" => IdentityConfig::Fixed {
             namespace: from_env(&raw.namespace_env),
+            workload: from_env(&raw.workload_env),
             pod: from_env(&raw.pod_env),
         },
         "proxy_username" => IdentityConfig::ProxyUsername {
             default_namespace: raw.default_namespace.clone(),
         },
-        "none" => IdentityConfig::Fixed {
-            namespace: "unknown".into(),
-            pod: "unknown".into(),
-        },
+        "kubernetes" => {
+            let node = match raw.kubernetes.node_env.as_str() {
+                "" => None,
+                var => match env.get(var).filter(|v| !v.is_empty()) {
+                    Some(node) => Some(node.clone()),
+                    None => {
+                        // Watching every pod of the cluster instead would silently cost each
+                        // per-node meter the memory of the whole cluster.
+                        errors.push(
+                            "identity.kubernetes.node_env",
+                            format!("environment variable {var} is not set or empty"),
+                        );
+                        None
+                    }
+                },
+            };
+            if raw.kubernetes.max_pods == 0 {
+                errors.push("identity.kubernetes.max_pods", "must be at least 1");
+            }
+            IdentityConfig::Kubernetes {
+                node,
+                max_pods: raw.kubernetes.max_pods,
+            }
+        }
+        "none" => unknown(),
         other => {
             errors.push(
                 "identity.from",
-                format!("'{other}' is not one of environment, proxy_username, none"),
+                format!("'{other}' is not one of environment, kubernetes, proxy_username, none"),
             );
-            IdentityConfig::Fixed {
-                namespace: "unknown".into(),
-                pod: "unknown".into(),
-            }
+            unknown()
         }
     }
 }
@@ -588,6 +663,7 @@ mod tests {
             config.identity,
             IdentityConfig::Fixed {
                 namespace: "unknown".into(),
+                workload: "unknown".into(),
                 pod: "unknown".into()
             }
         );
@@ -607,16 +683,89 @@ mod tests {
     fn the_sidecar_identity_comes_from_the_downward_api() {
         let config = load_str(
             MINIMAL,
-            &env(&[("POD_NAME", "crawler-7d9f"), ("POD_NAMESPACE", "crawlers")]),
+            &env(&[
+                ("POD_NAME", "crawler-7d9f"),
+                ("POD_NAMESPACE", "crawlers"),
+                ("POD_WORKLOAD", "crawler"),
+            ]),
         )
         .unwrap();
         assert_eq!(
             config.identity,
             IdentityConfig::Fixed {
                 namespace: "crawlers".into(),
+                workload: "crawler".into(),
                 pod: "crawler-7d9f".into()
             }
         );
+    }
+
+    #[test]
+    fn transparent_mode_takes_loopback_listeners_and_vendor_endpoints() {
+        let text = "listeners: []\ntransparent:\n  listeners: [\"127.0.0.1:15001\", \"[::1]:15001\"]\n  outbound_mark: 1337\nvendors:\n  - name: vendor-a\n    url: http://proxy.vendor-a.example:8000\n    endpoints: [\"203.0.113.0/24:8000\", \"[2001:db8::/32]:22225\", \"gate.vendor-a.example:7000\", \"198.51.100.7:1080\"]\n";
+        let config = load_str(text, &Env::new()).unwrap();
+        assert!(config.listeners.is_empty());
+        assert_eq!(config.transparent.listeners.len(), 2);
+        assert_eq!(config.transparent.outbound_mark, Some(1337));
+        assert_eq!(config.transparent.resolve_interval, Duration::from_secs(30));
+        let shown: Vec<String> = config.vendors[0]
+            .endpoints
+            .iter()
+            .map(|e| match e {
+                Endpoint::Host(a) => a.to_string(),
+                Endpoint::Net { net, port } => format!("{net}:{port}"),
+            })
+            .collect();
+        assert_eq!(
+            shown,
+            [
+                "proxy.vendor-a.example:8000",
+                "203.0.113.0/24:8000",
+                "2001:db8::/32:22225",
+                "gate.vendor-a.example:7000",
+                "198.51.100.7:1080"
+            ]
+        );
+    }
+
+    #[test]
+    fn transparent_mistakes_are_reported_with_their_paths() {
+        let text = "transparent:\n  listeners: [\"0.0.0.0:15001\", \"nope\"]\n  resolve_interval: 0s\nvendors:\n  - name: a\n    url: http://p.example:1\n    endpoints: [\"10.0.0.0/33:80\", \"host-without-port\", \"[::1]:0\"]\n  - name: d\n    kind: direct\n    endpoints: [\"1.2.3.4:80\"]\n";
+        let paths: Vec<String> = load_str(text, &Env::new())
+            .unwrap_err()
+            .0
+            .into_iter()
+            .map(|e| e.path)
+            .collect();
+        assert_eq!(
+            paths,
+            [
+                "vendors[0].endpoints[0]",
+                "vendors[0].endpoints[1]",
+                "vendors[0].endpoints[2]",
+                "vendors[1].endpoints[0]",
+                "transparent.listeners[0]",
+                "transparent.listeners[1]",
+                "transparent.resolve_interval",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_per_node_pod_watch_needs_its_node_name() {
+        let text = format!(
+            "{MINIMAL}identity:\n  from: kubernetes\n  kubernetes:\n    node_env: NODE_NAME\n"
+        );
+        let config = load_str(&text, &env(&[("NODE_NAME", "node-1")])).unwrap();
+        assert_eq!(
+            config.identity,
+            IdentityConfig::Kubernetes {
+                node: Some("node-1".into()),
+                max_pods: 20_000
+            }
+        );
+        let errors = load_str(&text, &Env::new()).unwrap_err();
+        assert_eq!(errors.0[0].path, "identity.kubernetes.node_env");
     }
 
     #[test]

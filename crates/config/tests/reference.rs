@@ -42,6 +42,7 @@ fn every_configuration_key_is_documented() {
         password_file: Some("f".into()),
         forward_client_credentials: false,
         max_idle_connections: Some(1),
+        endpoints: vec!["p:2".into()],
     });
     config.listeners[0].vendor = Some("v".into());
     config.clients.password_env = Some("E".into());

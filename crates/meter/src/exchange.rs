@@ -11,7 +11,8 @@ use std::sync::Arc;
 
 use pt_metrics::caps::Name;
 use pt_metrics::labels::{
-    DestinationLabels, LatencyLabels, PodLabels, Protocol, RequestLabels, StatusClass, TunnelInner,
+    DestinationLabels, LatencyLabels, PodIdentity, PodLabels, Protocol, RequestLabels, StatusClass,
+    TunnelInner,
 };
 use pt_sniff::Host;
 use pt_sniff::destination::IP_LITERAL;
@@ -20,7 +21,6 @@ use tokio::time::Instant;
 use crate::access_log::AccessRecord;
 use crate::counting_io::{Attribution, Tally};
 use crate::failure::Failure;
-use crate::identity::PodIdentity;
 use crate::shared::Shared;
 
 /// The destination label of an exchange.
@@ -76,11 +76,7 @@ impl Exchange {
     pub fn new(shared: Arc<Shared>, spec: ExchangeSpec, started: Instant) -> Exchange {
         let metrics = &shared.metrics;
         let metering = shared.config.metrics.metering;
-        let pod = PodLabels {
-            proxy_vendor: spec.vendor.clone(),
-            source_namespace: spec.identity.namespace.clone(),
-            source_pod: spec.identity.pod.clone(),
-        };
+        let pod = PodLabels::new(&spec.vendor, &spec.identity);
         let destination = match (shared.config.metrics.destination_key, &spec.host) {
             _ if !metering => Destination::Known(None),
             (None, _) => Destination::Known(None),
@@ -99,13 +95,11 @@ impl Exchange {
         };
         let pod_counters = metering.then(|| {
             // Create the 2xx request series now, at zero, so `increase()` sees its first request.
-            let _ = metrics.requests.get_or_create(&RequestLabels {
-                proxy_vendor: pod.proxy_vendor.clone(),
-                source_namespace: pod.source_namespace.clone(),
-                source_pod: pod.source_pod.clone(),
-                protocol: spec.protocol,
-                status_class: StatusClass::Success,
-            });
+            let _ = metrics.requests.get_or_create(&RequestLabels::new(
+                pod.clone(),
+                spec.protocol,
+                StatusClass::Success,
+            ));
             (
                 metrics.sent_bytes.get_or_create_owned(&pod),
                 metrics.received_bytes.get_or_create_owned(&pod),
@@ -197,13 +191,11 @@ impl Exchange {
         self.shared
             .metrics
             .requests
-            .get_or_create(&RequestLabels {
-                proxy_vendor: self.vendor.clone(),
-                source_namespace: self.identity.namespace.clone(),
-                source_pod: self.identity.pod.clone(),
-                protocol: self.protocol,
-                status_class: class,
-            })
+            .get_or_create(&RequestLabels::new(
+                PodLabels::new(&self.vendor, &self.identity),
+                self.protocol,
+                class,
+            ))
             .inc();
         self.count_destination();
     }

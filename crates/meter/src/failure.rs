@@ -39,7 +39,8 @@ impl Failure {
                 }
                 RejectReason::SourceNotAllowed
                 | RejectReason::PortNotAllowed
-                | RejectReason::DestinationNotAllowed => StatusCode::FORBIDDEN,
+                | RejectReason::DestinationNotAllowed
+                | RejectReason::Loop => StatusCode::FORBIDDEN,
                 RejectReason::Overloaded | RejectReason::ShuttingDown => {
                     StatusCode::SERVICE_UNAVAILABLE
                 }
@@ -90,6 +91,7 @@ impl Failure {
                 RejectReason::DestinationNotAllowed => "the destination address is not allowed (loopback, private, link-local or reserved)".into(),
                 RejectReason::Overloaded => "the meter is at its connection limit".into(),
                 RejectReason::ShuttingDown => "the meter is shutting down".into(),
+                RejectReason::Loop => "the connection would loop back into the meter".into(),
             },
             Failure::Upstream(r) => match r {
                 UpstreamErrorReason::ConnectRefused => format!("{vendor} refused the connection"),

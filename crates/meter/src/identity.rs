@@ -1,23 +1,18 @@
-//! Which pod a request comes from: the `source_namespace` and `source_pod` labels.
+//! Which pod a request comes from: the `source_namespace`, `source_pod` and `source_workload`
+//! labels.
 //!
 //! [`PodResolver`] is the seam: a sidecar knows its own pod from the Downward API
 //! ([`FixedIdentity`]); a shared meter may trust the client's Proxy-Authorization username
-//! ([`UsernameIdentity`]). Mapping a client's source IP to its pod through the Kubernetes API is a
-//! third implementation of the same trait. Every answer passes through the pod cardinality cap of
-//! the metrics crate, so a hostile client cannot mint unbounded label values.
+//! ([`UsernameIdentity`]) or map the client's source IP to its pod through a Kubernetes pod watch
+//! (`pt-kube`, passed to [`crate::start_with`]). Every answer passes through the pod cardinality
+//! cap of the metrics crate, so a hostile client cannot mint unbounded label values.
 
 use std::net::SocketAddr;
 
 use pt_config::IdentityConfig;
 use pt_metrics::Metrics;
-use pt_metrics::caps::{Name, UNKNOWN};
-
-/// A pod identity as label values.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PodIdentity {
-    pub namespace: Name,
-    pub pod: Name,
-}
+use pt_metrics::caps::UNKNOWN;
+pub use pt_metrics::labels::PodIdentity;
 
 /// Resolves the pod behind a request.
 pub trait PodResolver: Send + Sync + std::fmt::Debug {
@@ -28,6 +23,7 @@ pub trait PodResolver: Send + Sync + std::fmt::Debug {
 #[derive(Debug)]
 pub struct FixedIdentity {
     namespace: String,
+    workload: String,
     pod: String,
     resolved: std::sync::OnceLock<PodIdentity>,
 }
@@ -35,10 +31,7 @@ pub struct FixedIdentity {
 impl PodResolver for FixedIdentity {
     fn resolve(&self, metrics: &Metrics, _: SocketAddr, _: Option<&str>) -> PodIdentity {
         self.resolved
-            .get_or_init(|| {
-                let (namespace, pod) = metrics.pod(&self.namespace, &self.pod);
-                PodIdentity { namespace, pod }
-            })
+            .get_or_init(|| metrics.pod(&self.namespace, &self.workload, &self.pod))
             .clone()
     }
 }
@@ -56,33 +49,39 @@ impl PodResolver for UsernameIdentity {
             Some(None) => (self.default_namespace.as_str(), username.unwrap_or(UNKNOWN)),
             None => (UNKNOWN, UNKNOWN),
         };
-        let (namespace, pod) = if is_dns_name(namespace) && is_dns_name(pod) {
-            metrics.pod(namespace, pod)
+        if is_dns_name(namespace) && is_dns_name(pod) {
+            metrics.pod(namespace, UNKNOWN, pod)
         } else {
-            metrics.pod(UNKNOWN, UNKNOWN)
-        };
-        PodIdentity { namespace, pod }
+            metrics.pod(UNKNOWN, UNKNOWN, UNKNOWN)
+        }
     }
 }
 
 /// Kubernetes object names: lower-case letters, digits, '-' and '.', at most 253 bytes.
-fn is_dns_name(s: &str) -> bool {
+pub fn is_dns_name(s: &str) -> bool {
     (1..=253).contains(&s.len())
         && s.bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
 }
 
-/// The resolver the config asks for.
-pub fn resolver(config: &IdentityConfig) -> Box<dyn PodResolver> {
+/// The resolver the config asks for; `None` for `kubernetes`, whose resolver the caller
+/// supplies (it needs a client of the Kubernetes API).
+pub fn resolver(config: &IdentityConfig) -> Option<Box<dyn PodResolver>> {
     match config {
-        IdentityConfig::Fixed { namespace, pod } => Box::new(FixedIdentity {
+        IdentityConfig::Fixed {
+            namespace,
+            workload,
+            pod,
+        } => Some(Box::new(FixedIdentity {
             namespace: namespace.clone(),
+            workload: workload.clone(),
             pod: pod.clone(),
             resolved: std::sync::OnceLock::new(),
-        }),
-        IdentityConfig::ProxyUsername { default_namespace } => Box::new(UsernameIdentity {
+        })),
+        IdentityConfig::ProxyUsername { default_namespace } => Some(Box::new(UsernameIdentity {
             default_namespace: default_namespace.clone(),
-        }),
+        })),
+        IdentityConfig::Kubernetes { .. } => None,
     }
 }
 
@@ -108,6 +107,7 @@ mod tests {
     }
 
     fn pair(id: PodIdentity) -> (String, String) {
+        assert_eq!(id.workload.as_str(), "unknown");
         (id.namespace.to_string(), id.pod.to_string())
     }
 
@@ -116,7 +116,8 @@ mod tests {
         let metrics = metrics();
         let resolver = resolver(&IdentityConfig::ProxyUsername {
             default_namespace: "crawlers".into(),
-        });
+        })
+        .unwrap();
         let got = |u: Option<&str>| pair(resolver.resolve(&metrics, peer(), u));
         assert_eq!(
             got(Some("team-x/crawler-1")),
@@ -138,11 +139,14 @@ mod tests {
         let metrics = metrics();
         let resolver = resolver(&IdentityConfig::Fixed {
             namespace: "crawlers".into(),
+            workload: "crawler".into(),
             pod: "crawler-7d9f".into(),
-        });
+        })
+        .unwrap();
+        let id = resolver.resolve(&metrics, peer(), Some("someone/else"));
         assert_eq!(
-            pair(resolver.resolve(&metrics, peer(), Some("someone/else"))),
-            ("crawlers".into(), "crawler-7d9f".into())
+            [id.namespace, id.workload, id.pod].map(|n| n.to_string()),
+            ["crawlers", "crawler", "crawler-7d9f"]
         );
     }
 }

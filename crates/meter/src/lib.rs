@@ -65,6 +65,8 @@ pub enum StartError {
         address: SocketAddr,
         source: std::io::Error,
     },
+    #[error("identity.from: kubernetes needs a pod resolver (see pt-kube)")]
+    NoPodResolver,
 }
 
 /// A meter that is serving.
@@ -81,10 +83,20 @@ pub struct RunningMeter {
 
 use shared::Shared;
 
-/// Binds every listener and starts serving.
+/// Binds every listener and starts serving, with the pod resolver the config describes.
 pub async fn start(
     config: MeterConfig,
     access_log: Arc<dyn AccessSink>,
+) -> Result<RunningMeter, StartError> {
+    let identity = identity::resolver(&config.identity).ok_or(StartError::NoPodResolver)?;
+    start_with(config, access_log, identity).await
+}
+
+/// Binds every listener and starts serving, resolving pods with `identity`.
+pub async fn start_with(
+    config: MeterConfig,
+    access_log: Arc<dyn AccessSink>,
+    identity: Box<dyn identity::PodResolver>,
 ) -> Result<RunningMeter, StartError> {
     let mut registry = Registry::default();
     let vendor_names: Vec<Name> = config.vendors.iter().map(|v| Name::new(&v.name)).collect();
@@ -114,7 +126,7 @@ pub async fn start(
         .collect();
     let shared = Arc::new(Shared {
         router: routing::Router::new(&config),
-        identity: identity::resolver(&config.identity),
+        identity,
         metrics,
         vendors,
         access_log,

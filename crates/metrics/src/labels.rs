@@ -28,15 +28,23 @@ pub enum Protocol {
     H2,
     /// A tunnel: CONNECT over HTTP/1.1 or an HTTP/2 CONNECT stream.
     Connect,
+    /// A SOCKS5 CONNECT the crawler sent its vendor (transparent mode).
+    Socks5,
 }
 
 impl Protocol {
-    pub const ALL: [Protocol; 3] = [Protocol::Http1, Protocol::H2, Protocol::Connect];
+    pub const ALL: [Protocol; 4] = [
+        Protocol::Http1,
+        Protocol::H2,
+        Protocol::Connect,
+        Protocol::Socks5,
+    ];
     pub fn as_str(self) -> &'static str {
         match self {
             Protocol::Http1 => "http1",
             Protocol::H2 => "h2",
             Protocol::Connect => "connect",
+            Protocol::Socks5 => "socks5",
         }
     }
 }
@@ -142,6 +150,10 @@ pub enum RejectReason {
     Overloaded,
     /// The meter is draining for shutdown.
     ShuttingDown,
+    /// A transparent connection that was not redirected to the meter, or that the meter itself
+    /// opened and that was redirected back to it (its own traffic must be excluded from
+    /// redirection).
+    Loop,
 }
 
 impl RejectReason {
@@ -157,6 +169,7 @@ impl RejectReason {
             RejectReason::DestinationNotAllowed => "destination_not_allowed",
             RejectReason::Overloaded => "overloaded",
             RejectReason::ShuttingDown => "shutting_down",
+            RejectReason::Loop => "loop",
         }
     }
 }
@@ -190,11 +203,58 @@ impl TunnelInner {
 }
 label_value!(TunnelInner);
 
+/// What a crawler spoke to a vendor endpoint whose connection the meter captured
+/// (transparent mode), from its first bytes.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum ClientProtocol {
+    /// HTTP/1.x proxy requests (absolute-form and CONNECT).
+    Http1,
+    /// SOCKS5.
+    Socks5,
+    /// TLS to the vendor endpoint itself (an HTTPS proxy): metered as bytes only.
+    Tls,
+    /// Anything else, or nothing before the sniff timeout: metered as bytes only.
+    Other,
+}
+
+impl ClientProtocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClientProtocol::Http1 => "http1",
+            ClientProtocol::Socks5 => "socks5",
+            ClientProtocol::Tls => "tls",
+            ClientProtocol::Other => "other",
+        }
+    }
+}
+label_value!(ClientProtocol);
+
+/// The pod a request comes from, as capped label values.
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+pub struct PodIdentity {
+    pub namespace: Name,
+    /// The owning Deployment, StatefulSet, DaemonSet, Job or CronJob, or `unknown`.
+    pub workload: Name,
+    pub pod: Name,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PodLabels {
     pub proxy_vendor: Name,
     pub source_namespace: Name,
     pub source_pod: Name,
+    pub source_workload: Name,
+}
+
+impl PodLabels {
+    pub fn new(vendor: &Name, pod: &PodIdentity) -> PodLabels {
+        PodLabels {
+            proxy_vendor: vendor.clone(),
+            source_namespace: pod.namespace.clone(),
+            source_pod: pod.pod.clone(),
+            source_workload: pod.workload.clone(),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -202,8 +262,28 @@ pub struct RequestLabels {
     pub proxy_vendor: Name,
     pub source_namespace: Name,
     pub source_pod: Name,
+    pub source_workload: Name,
     pub protocol: Protocol,
     pub status_class: StatusClass,
+}
+
+impl RequestLabels {
+    pub fn new(pod: PodLabels, protocol: Protocol, status_class: StatusClass) -> RequestLabels {
+        RequestLabels {
+            proxy_vendor: pod.proxy_vendor,
+            source_namespace: pod.source_namespace,
+            source_pod: pod.source_pod,
+            source_workload: pod.source_workload,
+            protocol,
+            status_class,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TransparentLabels {
+    pub proxy_vendor: Name,
+    pub client_protocol: ClientProtocol,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

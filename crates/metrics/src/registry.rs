@@ -45,6 +45,7 @@ pub struct Metrics {
     pub rejected: Family<RejectLabels, Counter>,
     pub active_tunnels: Family<VendorLabels, Gauge>,
     pub tunnels: Family<TunnelLabels, Counter>,
+    pub transparent_connections: Family<TransparentLabels, Counter>,
     pub destination_labels: Family<VendorLabels, Gauge>,
     pub open_connections: Gauge,
     destinations: HashMap<Name, LabelCap>,
@@ -76,6 +77,7 @@ impl Metrics {
             rejected: Family::default(),
             active_tunnels: Family::default(),
             tunnels: Family::default(),
+            transparent_connections: Family::default(),
             destination_labels: Family::default(),
             open_connections: Gauge::default(),
             destinations: vendors
@@ -115,6 +117,11 @@ impl Metrics {
         register(registry, spec::TUNNELS, &metrics.tunnels);
         register(
             registry,
+            spec::TRANSPARENT_CONNECTIONS,
+            &metrics.transparent_connections,
+        );
+        register(
+            registry,
             spec::DESTINATION_LABELS,
             &metrics.destination_labels,
         );
@@ -142,17 +149,28 @@ impl Metrics {
         metrics
     }
 
-    /// The capped (namespace, pod) label values for a client identity.
-    pub fn pod(&self, namespace: &str, pod: &str) -> (Name, Name) {
-        if namespace == UNKNOWN && pod == UNKNOWN {
-            return (Name::new(UNKNOWN), Name::new(UNKNOWN));
-        }
-        // The cap is on the pair; a "/" cannot occur in Kubernetes names, so the key is unique.
-        let key = format!("{namespace}/{pod}");
-        let admitted = self.pods.admit(&key);
-        match admitted.as_str().split_once('/') {
-            Some((ns, p)) => (Name::new(ns), Name::new(p)),
-            None => (admitted.clone(), admitted),
+    /// The capped label values of a client identity. The cap counts pods; a pod past it is
+    /// `other` in all three labels.
+    pub fn pod(&self, namespace: &str, workload: &str, pod: &str) -> PodIdentity {
+        let key = format!("{namespace}/{workload}/{pod}");
+        // A "/" cannot occur in Kubernetes names, so the key is unique and splits back.
+        let admitted = if namespace == UNKNOWN && pod == UNKNOWN {
+            Name::new(&key)
+        } else {
+            self.pods.admit(&key)
+        };
+        let mut parts = admitted.as_str().splitn(3, '/').map(Name::new);
+        match (parts.next(), parts.next(), parts.next()) {
+            (Some(namespace), Some(workload), Some(pod)) => PodIdentity {
+                namespace,
+                workload,
+                pod,
+            },
+            _ => PodIdentity {
+                namespace: admitted.clone(),
+                workload: admitted.clone(),
+                pod: admitted,
+            },
         }
     }
 
@@ -210,18 +228,17 @@ mod tests {
         let mut registry = Registry::default();
         let metrics = Metrics::new(&mut registry, &[Name::new("v")], &options(10));
         let n = Name::new;
-        let _ = metrics.requests.get_or_create(&RequestLabels {
-            proxy_vendor: n("v"),
-            source_namespace: n("ns"),
-            source_pod: n("p"),
-            protocol: Protocol::Http1,
-            status_class: StatusClass::Success,
-        });
         let pod = PodLabels {
             proxy_vendor: n("v"),
             source_namespace: n("ns"),
             source_pod: n("p"),
+            source_workload: n("w"),
         };
+        let _ = metrics.requests.get_or_create(&RequestLabels::new(
+            pod.clone(),
+            Protocol::Http1,
+            StatusClass::Success,
+        ));
         let _ = metrics.sent_bytes.get_or_create(&pod);
         let _ = metrics.received_bytes.get_or_create(&pod);
         let dest = DestinationLabels {
@@ -237,6 +254,12 @@ mod tests {
             proxy_vendor: n("v"),
             inner: TunnelInner::TlsH2,
         });
+        let _ = metrics
+            .transparent_connections
+            .get_or_create(&TransparentLabels {
+                proxy_vendor: n("v"),
+                client_protocol: ClientProtocol::Socks5,
+            });
         let _ = metrics.request_duration.get_or_create(&LatencyLabels {
             proxy_vendor: n("v"),
             protocol: Protocol::Connect,
@@ -303,16 +326,17 @@ mod tests {
     fn pods_past_the_cap_become_other() {
         let mut registry = Registry::default();
         let metrics = Metrics::new(&mut registry, &[], &options(1));
-        let pair = |ns: &str, p: &str| {
-            let (a, b) = metrics.pod(ns, p);
-            (a.as_str().to_owned(), b.as_str().to_owned())
+        let names = |ns: &str, w: &str, p: &str| {
+            let id = metrics.pod(ns, w, p);
+            [id.namespace, id.workload, id.pod].map(|n| n.as_str().to_owned())
         };
-        assert_eq!(pair("crawl", "p1"), ("crawl".into(), "p1".into()));
-        assert_eq!(pair("crawl", "p2"), ("crawl".into(), "p2".into()));
-        assert_eq!(pair("crawl", "p3"), ("other".into(), "other".into()));
+        assert_eq!(names("crawl", "fleet", "p1"), ["crawl", "fleet", "p1"]);
+        assert_eq!(names("crawl", "unknown", "p2"), ["crawl", "unknown", "p2"]);
+        assert_eq!(names("crawl", "fleet", "p3"), ["other", "other", "other"]);
         assert_eq!(
-            pair("unknown", "unknown"),
-            ("unknown".into(), "unknown".into())
+            names("unknown", "unknown", "unknown"),
+            ["unknown", "unknown", "unknown"]
         );
+        assert_eq!(names("crawl", "fleet", "p1"), ["crawl", "fleet", "p1"]);
     }
 }

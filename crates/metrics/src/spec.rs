@@ -48,6 +48,8 @@ pub mod label {
     pub const PROXY_VENDOR: &str = "proxy_vendor";
     pub const SOURCE_NAMESPACE: &str = "source_namespace";
     pub const SOURCE_POD: &str = "source_pod";
+    pub const SOURCE_WORKLOAD: &str = "source_workload";
+    pub const CLIENT_PROTOCOL: &str = "client_protocol";
     pub const PROTOCOL: &str = "protocol";
     pub const STATUS_CLASS: &str = "status_class";
     pub const DESTINATION: &str = "destination";
@@ -58,7 +60,7 @@ pub mod label {
 
 use label::*;
 
-const POD: &[&str] = &[PROXY_VENDOR, SOURCE_NAMESPACE, SOURCE_POD];
+const POD: &[&str] = &[PROXY_VENDOR, SOURCE_NAMESPACE, SOURCE_POD, SOURCE_WORKLOAD];
 const DEST: &[&str] = &[PROXY_VENDOR, DESTINATION];
 
 pub const REQUESTS: FamilySpec = FamilySpec {
@@ -68,6 +70,7 @@ pub const REQUESTS: FamilySpec = FamilySpec {
         PROXY_VENDOR,
         SOURCE_NAMESPACE,
         SOURCE_POD,
+        SOURCE_WORKLOAD,
         PROTOCOL,
         STATUS_CLASS,
     ],
@@ -134,7 +137,7 @@ pub const ACTIVE_TUNNELS: FamilySpec = FamilySpec {
     name: "proxy_active_tunnels",
     kind: Kind::Gauge,
     labels: &[PROXY_VENDOR],
-    help: "Tunnels (CONNECT over HTTP/1.1 and HTTP/2) open through each vendor",
+    help: "Tunnels open through each vendor: CONNECT over HTTP/1.1 and HTTP/2, and captured CONNECT and SOCKS5 tunnels",
 };
 
 pub const TUNNELS: FamilySpec = FamilySpec {
@@ -142,6 +145,13 @@ pub const TUNNELS: FamilySpec = FamilySpec {
     kind: Kind::Counter,
     labels: &[PROXY_VENDOR, INNER],
     help: "Established tunnels by what the client spoke inside: the ALPN its TLS ClientHello offered, or not TLS",
+};
+
+pub const TRANSPARENT_CONNECTIONS: FamilySpec = FamilySpec {
+    name: "proxy_transparent_connections",
+    kind: Kind::Counter,
+    labels: &[PROXY_VENDOR, CLIENT_PROTOCOL],
+    help: "Connections to vendor endpoints captured by the transparent listener, by what the crawler spoke (proxy_vendor 'unknown': other destinations, when metered)",
 };
 
 pub const DESTINATION_LABELS: FamilySpec = FamilySpec {
@@ -185,6 +195,7 @@ pub const ALL: &[FamilySpec] = &[
     REJECTED_REQUESTS,
     ACTIVE_TUNNELS,
     TUNNELS,
+    TRANSPARENT_CONNECTIONS,
     DESTINATION_LABELS,
     DESTINATION_LABEL_LIMIT,
     OPEN_CONNECTIONS,

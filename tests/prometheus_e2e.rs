@@ -14,6 +14,7 @@ use std::time::Duration;
 use pt_check::source::prometheus_query;
 use pt_load::engine::Run;
 use pt_load::plan::{LoadPlan, Stop, Target, VendorRoute, VendorShare};
+use pt_metrics::exposition::Scrape;
 use pt_testkit::meter::MeterSetup;
 use pt_testkit::origin::Origin;
 use pt_testkit::pki::TestPki;
@@ -198,19 +199,27 @@ fn prometheus_with_the_charts_rules_answers_every_panel_and_agrees_with_the_mete
         .await;
         assert!(refused.is_err());
 
-        // Wait until Prometheus' latest samples hold the final counts.
-        let meter_scrape = meter.scrape().await;
-        let by_vendor = |family: &str| -> BTreeMap<String, u64> {
-            meter_scrape
+        // Wait until Prometheus' latest samples equal the meter's own figures.
+        // Both are re-read on every round: a tunnel's last bytes (its TLS
+        // close_notify) may reach the meter after the load run has returned.
+        let families = [
+            "proxy_requests_total",
+            "proxy_sent_bytes_total",
+            "proxy_received_bytes_total",
+            "proxy_destination_requests_total",
+        ];
+        let by_vendor = |scrape: &Scrape, family: &str| -> BTreeMap<String, u64> {
+            scrape
                 .sum_by(family, &["proxy_vendor"])
                 .into_iter()
                 .map(|(k, v)| (k[0].clone(), v))
                 .collect()
         };
-        let query_by_vendor = |family: String| {
+        let query_by_vendor = |family: &str| {
             let url = url.clone();
+            let query = format!("sum by (proxy_vendor) ({family})");
             async move {
-                prometheus_query(&url, &format!("sum by (proxy_vendor) ({family})"), None)
+                prometheus_query(&url, &query, None)
                     .await
                     .map(|rows| {
                         rows.into_iter()
@@ -225,27 +234,23 @@ fn prometheus_with_the_charts_rules_answers_every_panel_and_agrees_with_the_mete
                     .unwrap_or_default()
             }
         };
-        let expected_requests = by_vendor("proxy_requests_total");
-        let mut in_prometheus = BTreeMap::new();
+        let (mut at_meter, mut in_prometheus) = (Vec::new(), Vec::new());
         for _ in 0..150 {
-            in_prometheus = query_by_vendor("proxy_requests_total".into()).await;
-            if in_prometheus == expected_requests {
+            let scrape = meter.scrape().await;
+            at_meter = families.iter().map(|f| by_vendor(&scrape, f)).collect();
+            in_prometheus.clear();
+            for family in families {
+                in_prometheus.push(query_by_vendor(family).await);
+            }
+            if in_prometheus == at_meter {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        assert_eq!(in_prometheus, expected_requests, "requests per vendor");
-        for family in [
-            "proxy_sent_bytes_total",
-            "proxy_received_bytes_total",
-            "proxy_destination_requests_total",
-        ] {
-            assert_eq!(
-                query_by_vendor(family.into()).await,
-                by_vendor(family),
-                "{family}"
-            );
+        for ((family, meter), prometheus) in families.iter().zip(&at_meter).zip(&in_prometheus) {
+            assert_eq!(prometheus, meter, "{family}: Prometheus vs the meter");
         }
+        let expected_requests = &at_meter[0];
         assert_eq!(
             expected_requests.len(),
             3,

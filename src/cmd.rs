@@ -3,6 +3,7 @@
 pub mod check;
 pub mod demo;
 pub mod fake;
+pub mod iptables;
 pub mod load;
 pub mod meter;
 

@@ -44,6 +44,9 @@ enum Command {
     FakeVendor(cmd::fake::VendorArgs),
     /// Stand-in websites (HTTP, and HTTPS with HTTP/1.1 and HTTP/2), for demos in a cluster.
     FakeOrigin(cmd::fake::OriginArgs),
+    /// Install (or remove) the iptables rules that redirect a pod's vendor traffic to the
+    /// meter's transparent listener; for the sidecar's init container.
+    InitIptables(cmd::iptables::Args),
 }
 
 fn main() -> ExitCode {
@@ -56,6 +59,7 @@ fn main() -> ExitCode {
         Command::Check(args) => cmd::check::run(args),
         Command::FakeVendor(args) => cmd::fake::vendor(args),
         Command::FakeOrigin(args) => cmd::fake::origin(args),
+        Command::InitIptables(args) => cmd::iptables::run(args),
     }
 }
 

@@ -96,14 +96,14 @@ impl std::str::FromStr for Endpoint {
             .ok_or_else(|| format!("'{text}' is not host:port or cidr:port"))?;
         let port = pt_sniff::authority::parse_port(port)
             .map_err(|_| format!("'{text}' has no valid port"))?;
-        let address = address
-            .strip_prefix('[')
-            .and_then(|a| a.strip_suffix(']'))
-            .unwrap_or(address);
         if address.contains('/') {
-            let net = address
+            let block = address
+                .strip_prefix('[')
+                .and_then(|a| a.strip_suffix(']'))
+                .unwrap_or(address);
+            let net = block
                 .parse::<Cidr>()
-                .map_err(|_| format!("'{address}' is not a CIDR block"))?;
+                .map_err(|_| format!("'{block}' is not a CIDR block"))?;
             return Ok(Endpoint::Net { net, port });
         }
         pt_sniff::authority::parse_host(address)

@@ -59,6 +59,17 @@ impl Attribution {
         self.received.load(Ordering::Relaxed)
     }
 
+    /// Takes over bytes counted elsewhere (whose pod counters already hold them): into this
+    /// attribution's destination counters and totals.
+    fn absorb(&self, sent: u64, received: u64) {
+        if let Some((destination_sent, destination_received)) = &self.destination {
+            destination_sent.inc_by(sent);
+            destination_received.inc_by(received);
+        }
+        self.sent.fetch_add(sent, Ordering::Relaxed);
+        self.received.fetch_add(received, Ordering::Relaxed);
+    }
+
     fn add_sent(&self, n: u64) {
         if let Some((sent, _)) = &self.pod {
             sent.inc_by(n);
@@ -80,36 +91,67 @@ impl Attribution {
     }
 }
 
-/// The attribution slot and activity clock of one vendor connection.
+/// The attribution slots and activity clock of one vendor connection.
+///
+/// Sent and received bytes have a slot each. The meter's own forwarding path moves both together
+/// ([`Tally::attribute_to`]); a captured HTTP/1.1 connection (transparent mode) on which the
+/// crawler pipelines requests moves the sent slot when the next request starts and the received
+/// slot when the next response does.
 #[derive(Debug)]
 pub struct Tally {
-    current: Mutex<Arc<Attribution>>,
+    sent: Mutex<Arc<Attribution>>,
+    received: Mutex<Arc<Attribution>>,
     pub activity: Activity,
+}
+
+// Poisoning cannot leave an `Arc` half-written; keep counting (metering fails open).
+fn lock(slot: &Mutex<Arc<Attribution>>) -> std::sync::MutexGuard<'_, Arc<Attribution>> {
+    slot.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Tally {
     pub fn new(attribution: Arc<Attribution>) -> Arc<Tally> {
         Arc::new(Tally {
-            current: Mutex::new(attribution),
+            sent: Mutex::new(attribution.clone()),
+            received: Mutex::new(attribution),
             activity: Activity::default(),
         })
     }
 
-    fn slot(&self) -> std::sync::MutexGuard<'_, Arc<Attribution>> {
-        // Poisoning cannot leave an `Arc` half-written; keep counting (metering fails open).
-        self.current.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     /// Points the connection at the next request. Bytes from now on count there.
     pub fn attribute_to(&self, next: Arc<Attribution>) {
-        *self.slot() = next;
+        *lock(&self.sent) = next.clone();
+        *lock(&self.received) = next;
+    }
+
+    /// Points the connection at `next`, which takes over the bytes counted so far outside any
+    /// request (a SOCKS5 greeting and authentication, before the CONNECT they lead to).
+    pub fn hand_over_to(&self, next: Arc<Attribution>) {
+        let mut sent = lock(&self.sent);
+        let mut received = lock(&self.received);
+        next.absorb(sent.sent(), received.received());
+        *sent = next.clone();
+        *received = next;
+    }
+
+    /// Points only the sending direction at the next request.
+    pub fn attribute_sent_to(&self, next: Arc<Attribution>) {
+        *lock(&self.sent) = next;
+    }
+
+    /// Points only the receiving direction at the next response's request.
+    pub fn attribute_received_to(&self, next: Arc<Attribution>) {
+        *lock(&self.received) = next;
     }
 
     /// Gives the current attribution destination counters, moving the bytes counted so far into
-    /// them, atomically with respect to the byte path. Returns the new attribution.
+    /// them, atomically with respect to the byte path. Returns the new attribution, which both
+    /// directions then count to.
     pub fn resolve_destination(&self, sent: Counter, received: Counter) -> Arc<Attribution> {
-        let mut slot = self.slot();
-        let before = &**slot;
+        // Always sent before received, so two resolutions cannot deadlock.
+        let mut sent_slot = lock(&self.sent);
+        let mut received_slot = lock(&self.received);
+        let before = &**sent_slot;
         let next = Arc::new(Attribution {
             pod: before.pod.clone(),
             destination: Some((sent.clone(), received.clone())),
@@ -118,20 +160,21 @@ impl Tally {
         });
         sent.inc_by(before.sent());
         received.inc_by(before.received());
-        *slot = next.clone();
+        *sent_slot = next.clone();
+        *received_slot = next.clone();
         next
     }
 
     fn sent(&self, n: usize) {
         if n > 0 {
-            self.slot().add_sent(n as u64);
+            lock(&self.sent).add_sent(n as u64);
             self.activity.touch();
         }
     }
 
     fn received(&self, n: u64) {
         if n > 0 {
-            self.slot().add_received(n);
+            lock(&self.received).add_received(n);
             self.activity.touch();
         }
     }
@@ -145,6 +188,19 @@ pub trait UnreadBytes {
 impl UnreadBytes for tokio::net::TcpStream {
     fn unread_bytes(&self) -> u64 {
         rustix::io::ioctl_fionread(self).unwrap_or(0)
+    }
+}
+
+impl UnreadBytes for tokio::net::tcp::OwnedReadHalf {
+    fn unread_bytes(&self) -> u64 {
+        rustix::io::ioctl_fionread(self.as_ref()).unwrap_or(0)
+    }
+}
+
+/// The write half leaves the receive queue to its read half, which counts it.
+impl UnreadBytes for tokio::net::tcp::OwnedWriteHalf {
+    fn unread_bytes(&self) -> u64 {
+        0
     }
 }
 
@@ -213,6 +269,11 @@ impl<T: UnreadBytes, O: Observer> ObservedIo<T, O> {
 
     pub fn observer(&self) -> &O {
         &self.observer
+    }
+
+    /// The wrapped socket, for peeking: reading through it would bypass counting.
+    pub fn get_mut(&mut self) -> &mut T {
+        &mut self.io
     }
 }
 

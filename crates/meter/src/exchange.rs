@@ -12,7 +12,7 @@ use std::sync::Arc;
 use pt_metrics::caps::Name;
 use pt_metrics::labels::{
     DestinationLabels, LatencyLabels, PodIdentity, PodLabels, Protocol, RequestLabels, StatusClass,
-    TunnelInner,
+    TunnelInner, UpstreamErrorReason,
 };
 use pt_sniff::Host;
 use pt_sniff::destination::IP_LITERAL;
@@ -80,7 +80,9 @@ impl Exchange {
         let destination = match (shared.config.metrics.destination_key, &spec.host) {
             _ if !metering => Destination::Known(None),
             (None, _) => Destination::Known(None),
-            (Some(_), Host::V4(_) | Host::V6(_)) if spec.protocol == Protocol::Connect => {
+            (Some(_), Host::V4(_) | Host::V6(_))
+                if matches!(spec.protocol, Protocol::Connect | Protocol::Socks5) =>
+            {
                 Destination::Pending
             }
             (Some(key), host) => {
@@ -176,6 +178,19 @@ impl Exchange {
             };
             self.count(class);
         }
+    }
+
+    /// Counts an exchange whose response never came because the vendor connection ended (a
+    /// captured connection: the crawler sees the close, not a status from the meter).
+    pub fn vendor_went_away(&mut self, reason: UpstreamErrorReason) {
+        if self.counted {
+            return;
+        }
+        if self.shared.config.metrics.metering {
+            self.shared.metrics.upstream_error(&self.vendor, reason);
+        }
+        self.outcome = reason.as_str();
+        self.count(StatusClass::Error);
     }
 
     /// Marks how the exchange ended when it is not a failure of the vendor leg.

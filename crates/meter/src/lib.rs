@@ -25,11 +25,13 @@ mod exchange;
 pub mod failure;
 mod forward;
 pub mod identity;
+mod outbound;
 mod policy;
 mod pool;
 mod routing;
 mod server;
 mod shared;
+mod transparent;
 mod tunnel;
 mod vendor;
 
@@ -74,6 +76,8 @@ pub enum StartError {
 pub struct RunningMeter {
     /// Bound proxy listener addresses, in config order (port 0 in the config is resolved here).
     pub proxy_addresses: Vec<SocketAddr>,
+    /// Bound transparent listener addresses, in config order.
+    pub transparent_addresses: Vec<SocketAddr>,
     pub admin_address: SocketAddr,
     registry: Arc<Registry>,
     shared: Arc<Shared>,
@@ -117,6 +121,10 @@ pub async fn start_with(
     for listener in &config.listeners {
         listeners.push((bind(listener.address).await?, listener.vendor));
     }
+    let mut transparent_listeners = Vec::new();
+    for &address in &config.transparent.listeners {
+        transparent_listeners.push(bind(address).await?);
+    }
     let admin_listener = bind(config.admin_address).await?;
 
     let vendors = config
@@ -124,9 +132,11 @@ pub async fn start_with(
         .iter()
         .map(|v| vendor::Vendor::new(v.clone(), config.limits.vendor_idle_timeout))
         .collect();
+    let outbound = Arc::new(outbound::Outbound::new(config.transparent.outbound_mark));
     let shared = Arc::new(Shared {
         router: routing::Router::new(&config),
         identity,
+        outbound: outbound.clone(),
         metrics,
         vendors,
         access_log,
@@ -160,14 +170,55 @@ pub async fn start_with(
             builder.clone(),
         ));
     }
+    let transparent_addresses: Vec<SocketAddr> = transparent_listeners
+        .iter()
+        .zip(&shared.config.transparent.listeners)
+        .map(|(listener, &configured)| local_address(listener, configured))
+        .collect();
+    if !transparent_listeners.is_empty() {
+        let state = Arc::new(transparent::Transparent {
+            endpoints: transparent::Endpoints::new(&shared.config.vendors),
+            outbound,
+            listeners: transparent_addresses.clone(),
+        });
+        if state.endpoints.has_names() {
+            // Resolve once before serving, so the first captured connections are recognised.
+            let _ = tokio::time::timeout(
+                shared.config.limits.connect_timeout,
+                state.endpoints.refresh(),
+            )
+            .await;
+            tokio::spawn(refresh_endpoints(shared.clone(), state.clone()));
+        }
+        for listener in transparent_listeners {
+            tokio::spawn(transparent::accept_loop(
+                shared.clone(),
+                state.clone(),
+                listener,
+                limit.clone(),
+            ));
+        }
+    }
     Ok(RunningMeter {
         proxy_addresses,
+        transparent_addresses,
         admin_address,
         registry,
         shared,
         admin_stop,
         admin_task,
     })
+}
+
+/// Resolves vendor endpoint names again every `transparent.resolve_interval` until draining.
+async fn refresh_endpoints(shared: Arc<Shared>, state: Arc<transparent::Transparent>) {
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(shared.config.transparent.resolve_interval) => {}
+            () = shared.draining.cancelled() => return,
+        }
+        state.endpoints.refresh().await;
+    }
 }
 
 fn local_address(listener: &TcpListener, fallback: SocketAddr) -> SocketAddr {

@@ -34,7 +34,7 @@ use crate::{forward, tunnel};
 const REFUSAL_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
 /// Pause after a failed `accept` (for example out of file descriptors), so the loop does not
 /// spin while the condition lasts.
-const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(50);
+pub const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(50);
 /// Resets a client may cause before hyper/h2 answers with GOAWAY (Rapid Reset, CVE-2023-44487).
 /// The h2 crate's default is 20; this keeps it explicit.
 const H2_MAX_PENDING_ACCEPT_RESETS: usize = 20;
@@ -114,7 +114,7 @@ async fn refuse_connection(mut stream: TcpStream, answer: &'static [u8]) {
 }
 
 /// Keeps `proxy_open_connections` up while a client connection is served.
-struct OpenConnection<'a>(&'a Shared);
+pub struct OpenConnection<'a>(pub &'a Shared);
 
 impl Drop for OpenConnection<'_> {
     fn drop(&mut self) {

@@ -13,6 +13,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::access_log::AccessSink;
 use crate::identity::PodResolver;
+use crate::outbound::Outbound;
 use crate::routing::Router;
 use crate::vendor::Vendor;
 
@@ -22,6 +23,8 @@ pub struct Shared {
     pub metrics: Metrics,
     pub router: Router,
     pub identity: Box<dyn PodResolver>,
+    /// Opens the meter's outbound sockets (with the configured mark).
+    pub outbound: Arc<Outbound>,
     pub vendors: Vec<Vendor>,
     pub access_log: Arc<dyn AccessSink>,
     /// Cancelled when draining starts: stop accepting, ask connections to close when idle.

@@ -24,7 +24,7 @@ use pt_metrics::labels::{
 use pt_sniff::Sniff;
 use pt_sniff::authority::parse_authority;
 use pt_sniff::client_hello::{MAX_SNIFF_BYTES, sniff};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
@@ -145,7 +145,7 @@ impl Drop for ActiveTunnel {
     }
 }
 
-/// Copies bytes until both directions end, the tunnel idles out, or the meter stops.
+/// Waits for the client's side of the upgrade, then relays the tunnel.
 async fn run(
     shared: Arc<Shared>,
     mut exchange: Exchange,
@@ -154,7 +154,6 @@ async fn run(
     vendor_io: MeteredIo<TcpStream>,
     leftover: Bytes,
 ) {
-    let _active = ActiveTunnel::new(&shared, &exchange.vendor);
     let upgraded = match on_upgrade.await {
         Ok(upgraded) => upgraded,
         Err(_) => {
@@ -163,8 +162,56 @@ async fn run(
             return;
         }
     };
-    let (mut client_read, mut client_write) = tokio::io::split(TokioIo::new(upgraded));
-    let (mut vendor_read, mut vendor_write) = tokio::io::split(vendor_io);
+    let (client_read, client_write) = tokio::io::split(TokioIo::new(upgraded));
+    let (vendor_read, vendor_write) = tokio::io::split(vendor_io);
+    pipe(
+        &shared,
+        exchange,
+        &tally,
+        Halves {
+            client_read,
+            client_write,
+            vendor_read,
+            vendor_write,
+        },
+        leftover,
+        Vec::new(),
+    )
+    .await;
+}
+
+/// The four ends of an established tunnel.
+pub struct Halves<CR, CW, VR, VW> {
+    pub client_read: CR,
+    pub client_write: CW,
+    pub vendor_read: VR,
+    pub vendor_write: VW,
+}
+
+/// Relays an established tunnel until both directions end, it idles out, or the meter stops:
+/// `leftover` (bytes the vendor sent after its verdict) goes to the client first, `pending`
+/// (bytes the client sent before the verdict) starts the sniffed client stream. Reads SNI and
+/// ALPN from the client's first bytes and settles the exchange's destination and outcome.
+pub async fn pipe<CR, CW, VR, VW>(
+    shared: &Shared,
+    mut exchange: Exchange,
+    tally: &Tally,
+    halves: Halves<CR, CW, VR, VW>,
+    leftover: Bytes,
+    pending: Vec<u8>,
+) where
+    CR: AsyncRead + Unpin,
+    CW: AsyncWrite + Unpin,
+    VR: AsyncRead + Unpin,
+    VW: AsyncWrite + Unpin,
+{
+    let _active = ActiveTunnel::new(shared, &exchange.vendor);
+    let Halves {
+        mut client_read,
+        mut client_write,
+        mut vendor_read,
+        mut vendor_write,
+    } = halves;
     let limits = &shared.config.limits;
 
     // A failed direction ends the tunnel; a clean end of stream is a half-close and the other
@@ -183,8 +230,8 @@ async fn run(
     let vendor_to_client = async { vendor_to_client.await.map_err(|e| blame(e, Side::Vendor)) };
     let client_to_vendor = async {
         let (first, verdict, read_error) =
-            sniff_first_bytes(&mut client_read, limits.sniff_timeout).await;
-        classify(&shared, &mut exchange, &tally, &verdict);
+            sniff_first_bytes(&mut client_read, pending, limits.sniff_timeout).await;
+        classify(shared, &mut exchange, tally, &verdict);
         vendor_write
             .write_all(&first)
             .await
@@ -208,7 +255,7 @@ async fn run(
         }
     };
     // The sniff may not have finished (idle timeout, shutdown): settle the destination anyway.
-    exchange.resolve_destination(&tally, None);
+    exchange.resolve_destination(tally, None);
     match outcome {
         Some(Failure::ClientGone) => exchange.set_outcome("client_reset"),
         Some(failure) => exchange.failed(failure),
@@ -237,15 +284,23 @@ fn blame(error: CopyError, reading: Side) -> Failure {
     }
 }
 
-/// Reads the client's first bytes until they show what it speaks, or the limits are reached.
-/// Returns the bytes (to forward unchanged), the verdict, and a read error if one ended it.
+/// Reads the client's first bytes, after the `pending` ones already read, until they show
+/// what it speaks, or the limits are reached. Returns the bytes (to forward unchanged), the
+/// verdict, and a read error if one ended it.
 async fn sniff_first_bytes<R: AsyncRead + Unpin>(
     client: &mut R,
+    pending: Vec<u8>,
     timeout: Duration,
 ) -> (Vec<u8>, Sniff, Option<std::io::Error>) {
     // Reads go straight into this buffer, which grows by what arrives (one ClientHello is
     // usually a single read), up to MAX_SNIFF_BYTES.
-    let mut buf = Vec::new();
+    let mut buf = pending;
+    if !buf.is_empty() {
+        match sniff(&buf) {
+            Sniff::NeedMore => {}
+            verdict => return (buf, verdict, None),
+        }
+    }
     let deadline = Instant::now() + timeout;
     loop {
         if buf.len() >= MAX_SNIFF_BYTES {

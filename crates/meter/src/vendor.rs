@@ -24,6 +24,7 @@ use tokio::net::TcpStream;
 
 use crate::counting_io::{MeteredIo, Tally};
 use crate::failure::{Failure, classify_connect};
+use crate::outbound::Outbound;
 use crate::policy;
 use crate::pool::{Pool, PoolKey, VendorConn};
 use crate::shared::Shared;
@@ -112,7 +113,7 @@ impl Vendor {
                     allowed
                 }
             };
-            connect_first(&addresses).await
+            connect_first(&shared.outbound, &addresses).await
         })
         .await
         .map_err(|_| Failure::Upstream(UpstreamErrorReason::ConnectTimeout))??;
@@ -204,10 +205,13 @@ async fn resolve(target: &Authority) -> Result<Vec<SocketAddr>, Failure> {
 }
 
 /// Connects to the first address that accepts.
-async fn connect_first(addresses: &[SocketAddr]) -> Result<TcpStream, Failure> {
+async fn connect_first(
+    outbound: &Outbound,
+    addresses: &[SocketAddr],
+) -> Result<TcpStream, Failure> {
     let mut last = UpstreamErrorReason::ConnectRefused;
-    for address in addresses {
-        match TcpStream::connect(address).await {
+    for &address in addresses {
+        match outbound.connect(address).await {
             Ok(stream) => return Ok(stream),
             Err(e) => last = classify_connect(&e),
         }

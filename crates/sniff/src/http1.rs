@@ -65,6 +65,8 @@ pub enum RequestKind {
 pub struct RequestHead {
     /// The method, at most 32 bytes (longer ones make the head malformed).
     pub method: String,
+    /// The request-target as sent.
+    pub path: String,
     pub target: Target,
     pub framing: Framing,
     /// Length of the head in bytes, including the blank line.
@@ -146,6 +148,7 @@ pub fn parse_request_head(buf: &[u8], max_len: usize) -> Result<Option<RequestHe
     };
     Ok(Some(RequestHead {
         method: method.to_owned(),
+        path: path.to_owned(),
         target,
         framing: if framing == Framing::Length(0) {
             Framing::Empty

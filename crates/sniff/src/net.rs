@@ -133,6 +133,10 @@ pub struct Cidr {
 pub struct CidrError;
 
 impl Cidr {
+    pub fn is_ipv4(&self) -> bool {
+        self.network.is_ipv4()
+    }
+
     /// Whether `ip` lies in this block. IPv4-mapped IPv6 addresses match IPv4 blocks.
     pub fn contains(&self, ip: IpAddr) -> bool {
         let ip = match ip {
@@ -154,6 +158,14 @@ impl Cidr {
             }
             _ => false,
         }
+    }
+}
+
+impl From<IpAddr> for Cidr {
+    /// The block of one address (a /32 or /128).
+    fn from(network: IpAddr) -> Cidr {
+        let prefix = if network.is_ipv4() { 32 } else { 128 };
+        Cidr { network, prefix }
     }
 }
 

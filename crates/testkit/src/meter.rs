@@ -112,6 +112,7 @@ impl MeterSetup {
             .expect("test meter starts");
         TestMeter {
             proxies: running.proxy_addresses.clone(),
+            transparent: running.transparent_addresses.clone(),
             admin: running.admin_address,
             running: Some(running),
             access_log,
@@ -123,6 +124,8 @@ impl MeterSetup {
 #[derive(Debug)]
 pub struct TestMeter {
     pub proxies: Vec<SocketAddr>,
+    /// Transparent listeners, when configured.
+    pub transparent: Vec<SocketAddr>,
     pub admin: SocketAddr,
     pub access_log: Arc<MemoryAccessLog>,
     running: Option<RunningMeter>,

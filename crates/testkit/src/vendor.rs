@@ -10,6 +10,10 @@
 //!
 //! Fault modes answer like broken vendors do: always 407, reset in the middle of a response
 //! body, or accept and never answer.
+//!
+//! A vendor can also listen as a SOCKS5 proxy (RFC 1928, username/password per RFC 1929) and
+//! as an HTTPS proxy (TLS to the proxy itself), for crawlers that reach their vendors that way;
+//! those connections are booked the same way, their bytes as they cross the socket.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -142,6 +146,10 @@ struct State {
 #[derive(Debug, Clone)]
 pub struct FakeVendor {
     pub address: SocketAddr,
+    /// The SOCKS5 listener, when asked for.
+    pub socks5_address: Option<SocketAddr>,
+    /// The HTTPS-proxy listener, when asked for.
+    pub https_address: Option<SocketAddr>,
     state: Arc<State>,
 }
 
@@ -153,6 +161,16 @@ pub struct VendorBuilder {
     names: HashMap<String, Origin>,
     upstream: Option<Upstream>,
     listen: Option<SocketAddr>,
+    socks5: bool,
+    https: Option<Arc<rustls::ServerConfig>>,
+}
+
+/// What a listener of the vendor speaks.
+#[derive(Clone)]
+enum Speaks {
+    Http,
+    Socks5,
+    Https(tokio_rustls::TlsAcceptor),
 }
 
 impl VendorBuilder {
@@ -189,12 +207,38 @@ impl VendorBuilder {
         self
     }
 
+    /// Also listens as a SOCKS5 proxy, on the same IP and a free port.
+    pub fn socks5(mut self) -> Self {
+        self.socks5 = true;
+        self
+    }
+
+    /// Also listens as an HTTPS proxy with this certificate, on the same IP and a free port.
+    pub fn https(mut self, config: Arc<rustls::ServerConfig>) -> Self {
+        self.https = Some(config);
+        self
+    }
+
     pub async fn start(self) -> FakeVendor {
         let address = self
             .listen
             .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
         let listener = TcpListener::bind(address).await.expect("bind vendor");
         let address = listener.local_addr().expect("bound address");
+        let mut extra = Vec::new();
+        if self.socks5 {
+            extra.push(Speaks::Socks5);
+        }
+        if let Some(config) = self.https {
+            extra.push(Speaks::Https(tokio_rustls::TlsAcceptor::from(config)));
+        }
+        let mut extra_listeners = Vec::new();
+        for speaks in extra {
+            let listener = TcpListener::bind(SocketAddr::new(address.ip(), 0))
+                .await
+                .expect("bind vendor");
+            extra_listeners.push((listener, speaks));
+        }
         let state = Arc::new(State {
             credentials: self.credentials.map(|(u, p)| {
                 format!(
@@ -208,8 +252,23 @@ impl VendorBuilder {
             connections: Mutex::new(Vec::new()),
             requests: Mutex::new(Vec::new()),
         });
-        tokio::spawn(accept(listener, state.clone()));
-        FakeVendor { address, state }
+        tokio::spawn(accept(listener, state.clone(), Speaks::Http));
+        let (mut socks5_address, mut https_address) = (None, None);
+        for (listener, speaks) in extra_listeners {
+            let bound = listener.local_addr().ok();
+            match speaks {
+                Speaks::Socks5 => socks5_address = bound,
+                Speaks::Https(_) => https_address = bound,
+                Speaks::Http => {}
+            }
+            tokio::spawn(accept(listener, state.clone(), speaks));
+        }
+        FakeVendor {
+            address,
+            socks5_address,
+            https_address,
+            state,
+        }
     }
 }
 
@@ -254,7 +313,7 @@ impl FakeVendor {
     }
 }
 
-async fn accept(listener: TcpListener, state: Arc<State>) {
+async fn accept(listener: TcpListener, state: Arc<State>, speaks: Speaks) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
@@ -268,18 +327,112 @@ async fn accept(listener: TcpListener, state: Arc<State>) {
             book: book.clone(),
         };
         let state = state.clone();
+        let speaks = speaks.clone();
         tokio::spawn(async move {
-            match state.fault {
-                Fault::None => serve(io, state, book).await,
-                fault => misbehave(io, fault).await,
+            match (speaks, state.fault) {
+                (Speaks::Socks5, _) => {
+                    let _ = serve_socks5(io, &state, &book).await;
+                }
+                (Speaks::Https(acceptor), _) => {
+                    if let Ok(tls) = acceptor.accept(io).await {
+                        serve(tls, state, book).await;
+                    }
+                }
+                (Speaks::Http, Fault::None) => serve(io, state, book).await,
+                (Speaks::Http, fault) => misbehave(io, fault).await,
             }
         });
     }
 }
 
+/// A SOCKS5 proxy connection: handshake, CONNECT, then a tunnel.
+async fn serve_socks5(mut io: Recorder, state: &State, book: &ConnectionBook) -> io::Result<()> {
+    book.tunnel.store(true, Ordering::SeqCst);
+    let mut greeting = [0u8; 2];
+    io.read_exact(&mut greeting).await?;
+    let mut methods = vec![0u8; usize::from(greeting[1])];
+    io.read_exact(&mut methods).await?;
+    let wanted = if state.credentials.is_some() { 2 } else { 0 };
+    if greeting[0] != 5 || !methods.contains(&wanted) {
+        return io.write_all(&[5, 0xFF]).await;
+    }
+    io.write_all(&[5, wanted]).await?;
+    let mut username = String::new();
+    if let Some(expected) = &state.credentials {
+        let mut head = [0u8; 2];
+        io.read_exact(&mut head).await?;
+        let mut user = vec![0u8; usize::from(head[1])];
+        io.read_exact(&mut user).await?;
+        let mut plen = [0u8; 1];
+        io.read_exact(&mut plen).await?;
+        let mut password = vec![0u8; usize::from(plen[0])];
+        io.read_exact(&mut password).await?;
+        username = String::from_utf8_lossy(&user).into_owned();
+        let given = format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD
+                .encode([user.as_slice(), b":", password.as_slice()].concat())
+        );
+        if &given != expected {
+            return io.write_all(&[1, 1]).await;
+        }
+        io.write_all(&[1, 0]).await?;
+    }
+    let mut request = [0u8; 4];
+    io.read_exact(&mut request).await?;
+    let host = match request[3] {
+        1 => {
+            let mut octets = [0u8; 4];
+            io.read_exact(&mut octets).await?;
+            std::net::Ipv4Addr::from(octets).to_string()
+        }
+        4 => {
+            let mut octets = [0u8; 16];
+            io.read_exact(&mut octets).await?;
+            format!("[{}]", std::net::Ipv6Addr::from(octets))
+        }
+        3 => {
+            let mut len = [0u8; 1];
+            io.read_exact(&mut len).await?;
+            let mut name = vec![0u8; usize::from(len[0])];
+            io.read_exact(&mut name).await?;
+            String::from_utf8_lossy(&name).into_owned()
+        }
+        _ => return io.write_all(&[5, 8, 0, 1, 0, 0, 0, 0, 0, 0]).await,
+    };
+    let mut port = [0u8; 2];
+    io.read_exact(&mut port).await?;
+    let port = u16::from_be_bytes(port);
+    let target = format!("{host}:{port}");
+    book.targets.lock().expect("book").push(target.clone());
+    state.requests.lock().expect("requests").push(SeenRequest {
+        method: "SOCKS5".into(),
+        target,
+        headers: vec![format!("socks5-username: {username}")],
+    });
+    let reply = |code: u8| [5, code, 0, 1, 0, 0, 0, 0, 0, 0];
+    if request[1] != 1 {
+        return io.write_all(&reply(7)).await;
+    }
+    let Some(destination) = resolve(state, &host, port).await else {
+        return io.write_all(&reply(4)).await;
+    };
+    let Ok(mut upstream) = TcpStream::connect(destination).await else {
+        return io.write_all(&reply(5)).await;
+    };
+    let _ = upstream.set_nodelay(true);
+    io.write_all(&reply(0)).await?;
+    tokio::io::copy_bidirectional(&mut io, &mut upstream)
+        .await
+        .map(|_| ())
+}
+
 type VendorBody = BoxBody<Bytes, hyper::Error>;
 
-async fn serve(io: Recorder, state: Arc<State>, book: Arc<ConnectionBook>) {
+async fn serve<I>(io: I, state: Arc<State>, book: Arc<ConnectionBook>)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let service = service_fn(move |request: Request<Incoming>| {
         let state = state.clone();
         let book = book.clone();

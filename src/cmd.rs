@@ -3,10 +3,12 @@
 pub mod check;
 pub mod demo;
 pub mod fake;
+pub mod inject;
 pub mod iptables;
 pub mod load;
 pub mod meter;
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 /// Exit code for a bad configuration or bad arguments (sysexits `EX_USAGE`).
@@ -16,6 +18,47 @@ pub const EXIT_USAGE: u8 = 64;
 pub fn usage(error: impl std::fmt::Display) -> ExitCode {
     eprintln!("error: {error}");
     ExitCode::from(EXIT_USAGE)
+}
+
+/// Where a meter configuration comes from: a file, or the YAML text itself in an environment
+/// variable (how the sidecar injector hands it to the containers it adds).
+#[derive(clap::Args, Debug)]
+pub struct ConfigSource {
+    /// The configuration file (YAML); see examples/meter.yaml and docs/configuration.md.
+    #[arg(
+        long,
+        short,
+        env = "PROXY_TELEMETRY_CONFIG",
+        conflicts_with = "config_yaml"
+    )]
+    pub config: Option<PathBuf>,
+    /// The configuration as YAML text rather than a file.
+    #[arg(long, env = "PROXY_TELEMETRY_CONFIG_YAML", hide_env_values = true)]
+    pub config_yaml: Option<String>,
+}
+
+impl ConfigSource {
+    /// The configuration, `None` when neither source is given, or the errors prefixed with
+    /// where the configuration came from.
+    pub fn load(&self) -> Result<Option<pt_config::MeterConfig>, String> {
+        let env: pt_config::Env = std::env::vars().collect();
+        let loaded = match (&self.config, &self.config_yaml) {
+            (Some(path), _) => pt_config::load_file(path, &env),
+            (None, Some(text)) => pt_config::load_str(text, &env),
+            (None, None) => return Ok(None),
+        };
+        loaded
+            .map(Some)
+            .map_err(|errors| format!("{}: {errors}", self.describe()))
+    }
+
+    /// The source, for messages.
+    pub fn describe(&self) -> String {
+        match &self.config {
+            Some(path) => path.display().to_string(),
+            None => "PROXY_TELEMETRY_CONFIG_YAML".into(),
+        }
+    }
 }
 
 /// A multi-threaded runtime, or the failure to build one.

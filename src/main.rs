@@ -47,6 +47,11 @@ enum Command {
     /// Install (or remove) the iptables rules that redirect a pod's vendor traffic to the
     /// meter's transparent listener; for the sidecar's init container.
     InitIptables(cmd::iptables::Args),
+    /// Serve the mutating admission webhook that adds the meter as a sidecar (with its
+    /// init-iptables init container) to pods created in labelled namespaces.
+    InjectWebhook(cmd::inject::WebhookArgs),
+    /// Add the sidecar to a Pod or workload manifest, as the webhook would, and print it.
+    Inject(cmd::inject::InjectArgs),
 }
 
 fn main() -> ExitCode {
@@ -60,6 +65,8 @@ fn main() -> ExitCode {
         Command::FakeVendor(args) => cmd::fake::vendor(args),
         Command::FakeOrigin(args) => cmd::fake::origin(args),
         Command::InitIptables(args) => cmd::iptables::run(args),
+        Command::InjectWebhook(args) => cmd::inject::webhook(args),
+        Command::Inject(args) => cmd::inject::inject(args),
     }
 }
 

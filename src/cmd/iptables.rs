@@ -1,6 +1,5 @@
 //! `proxy-telemetry init-iptables`: the transparent-mode redirect rules, for an init container.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use pt_kube::iptables::{Capture, Family, Installed, Iptables, Match};
@@ -9,8 +8,8 @@ use pt_kube::iptables::{Capture, Family, Installed, Iptables, Match};
 pub struct Args {
     /// Derive the capture from the meter's configuration: its transparent listener's port, its
     /// outbound mark, and the ports of every vendor endpoint.
-    #[arg(long, env = "PROXY_TELEMETRY_CONFIG")]
-    config: Option<PathBuf>,
+    #[command(flatten)]
+    config: super::ConfigSource,
     /// With --config: capture only the vendor endpoints' literal addresses and blocks, not
     /// every destination at their ports (names cannot be captured by address).
     #[arg(long)]
@@ -99,11 +98,8 @@ fn parse_destination(text: &str) -> Result<Match, String> {
 }
 
 fn capture(args: &Args) -> Result<Capture, String> {
-    let mut capture = match &args.config {
-        Some(path) => {
-            let env: pt_config::Env = std::env::vars().collect();
-            let config = pt_config::load_file(path, &env)
-                .map_err(|errors| format!("{}: {errors}", path.display()))?;
+    let mut capture = match args.config.load()? {
+        Some(config) => {
             Capture::from_config(&config, args.by_address).map_err(|e| e.to_string())?
         }
         None => Capture::default(),

@@ -66,21 +66,23 @@ pub fn is_dns_name(s: &str) -> bool {
 
 /// The resolver the config asks for; `None` for `kubernetes`, whose resolver the caller
 /// supplies (it needs a client of the Kubernetes API).
-pub fn resolver(config: &IdentityConfig) -> Option<Box<dyn PodResolver>> {
+pub fn resolver(config: &IdentityConfig) -> Option<std::sync::Arc<dyn PodResolver>> {
     match config {
         IdentityConfig::Fixed {
             namespace,
             workload,
             pod,
-        } => Some(Box::new(FixedIdentity {
+        } => Some(std::sync::Arc::new(FixedIdentity {
             namespace: namespace.clone(),
             workload: workload.clone(),
             pod: pod.clone(),
             resolved: std::sync::OnceLock::new(),
         })),
-        IdentityConfig::ProxyUsername { default_namespace } => Some(Box::new(UsernameIdentity {
-            default_namespace: default_namespace.clone(),
-        })),
+        IdentityConfig::ProxyUsername { default_namespace } => {
+            Some(std::sync::Arc::new(UsernameIdentity {
+                default_namespace: default_namespace.clone(),
+            }))
+        }
         IdentityConfig::Kubernetes { .. } => None,
     }
 }

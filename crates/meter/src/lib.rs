@@ -100,7 +100,7 @@ pub async fn start(
 pub async fn start_with(
     config: MeterConfig,
     access_log: Arc<dyn AccessSink>,
-    identity: Box<dyn identity::PodResolver>,
+    identity: Arc<dyn identity::PodResolver>,
 ) -> Result<RunningMeter, StartError> {
     let mut registry = Registry::default();
     let vendor_names: Vec<Name> = config.vendors.iter().map(|v| Name::new(&v.name)).collect();

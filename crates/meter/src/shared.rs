@@ -22,7 +22,7 @@ pub struct Shared {
     pub config: MeterConfig,
     pub metrics: Metrics,
     pub router: Router,
-    pub identity: Box<dyn PodResolver>,
+    pub identity: Arc<dyn PodResolver>,
     /// Opens the meter's outbound sockets (with the configured mark).
     pub outbound: Arc<Outbound>,
     pub vendors: Vec<Vendor>,

@@ -14,6 +14,10 @@ pub struct TestPki {
     key: Arc<PrivatePkcs8KeyDer<'static>>,
     /// The CA certificate in PEM, for tools such as curl (`--cacert`).
     pub ca_pem: String,
+    /// The leaf certificate in PEM (what a server's `tls.crt` holds).
+    pub cert_pem: String,
+    /// The leaf's private key in PEM (`tls.key`).
+    pub key_pem: String,
 }
 
 impl TestPki {
@@ -48,6 +52,8 @@ impl TestPki {
             chain: vec![leaf.der().clone(), ca_cert.der().clone()],
             key: Arc::new(PrivatePkcs8KeyDer::from(leaf_key.serialize_der())),
             ca_pem: ca_cert.pem(),
+            cert_pem: leaf.pem(),
+            key_pem: leaf_key.serialize_pem(),
         }
     }
 

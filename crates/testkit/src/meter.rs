@@ -101,13 +101,25 @@ impl MeterSetup {
 
     /// Starts the meter.
     pub async fn spawn(self) -> TestMeter {
+        self.spawn_with(None).await
+    }
+
+    /// Starts the meter with this pod resolver (as `identity.from: kubernetes` needs), or the
+    /// one its configuration describes.
+    pub async fn spawn_with(
+        self,
+        identity: Option<Arc<dyn pt_meter::identity::PodResolver>>,
+    ) -> TestMeter {
         let yaml = self.to_yaml();
         let config = match pt_config::load_str(&yaml, &self.env) {
             Ok(config) => config,
             Err(errors) => panic!("test meter config is invalid:\n{errors}\n{yaml}"),
         };
         let access_log = Arc::new(MemoryAccessLog::default());
-        let running = pt_meter::start(config, access_log.clone())
+        let identity = identity
+            .or_else(|| pt_meter::identity::resolver(&config.identity))
+            .expect("the test gives a resolver for identity.from: kubernetes");
+        let running = pt_meter::start_with(config, access_log.clone(), identity)
             .await
             .expect("test meter starts");
         TestMeter {

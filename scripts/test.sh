@@ -23,11 +23,11 @@ if ((${#packages[@]})); then
 fi
 
 venv=target/venv
-if [ ! -x "$venv/bin/pytest" ]; then
-  echo "creating $venv for the deployment tests"
+if ! "$venv/bin/python" -c "import pytest, yaml, helm_python, kubernetes_validate, jsonpatch" 2>/dev/null; then
+  echo "preparing $venv for the deployment tests"
   python3 -m venv "$venv"
   "$venv/bin/pip" install -q --disable-pip-version-check \
-    pytest pyyaml helm-python-sdk kubernetes-validate check-jsonschema yamllint
+    pytest pyyaml helm-python-sdk kubernetes-validate check-jsonschema yamllint jsonpatch
 fi
 
 cargo test --workspace --locked

@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "deploy/helm/proxy-telemetry"
 RULES = CHART / "files/prometheus-rules.yaml"
 KUBERNETES = "1.30.0"
-PROFILES = ["default", "demo", "kube-prometheus-stack", "gateway-only", "sidecar-only"]
+PROFILES = ["default", "demo", "kube-prometheus-stack", "gateway-only", "sidecar-only", "injector"]
 BINARY = ROOT / "target/debug/proxy-telemetry"
 
 
@@ -356,7 +356,9 @@ def test_every_rendered_meter_configuration_is_valid(rendered, tmp_path):
 def test_the_image_builds_as_non_root_from_a_multi_stage_dockerfile():
     text = (ROOT / "Dockerfile").read_text()
     stages = re.findall(r"^FROM\s+(\S+)", text, re.M)
-    assert len(stages) == 2 and "distroless" in stages[1]
+    # build, init (iptables for the injected init container), then the default distroless target.
+    assert len(stages) == 3 and "distroless" in stages[-1]
+    assert re.search(r"^FROM \S+ AS init$", text, re.M) and "install -y --no-install-recommends iptables" in text
     assert re.search(r"^USER 65532:65532$", text, re.M)
     assert "--locked" in text
     chart = yaml.safe_load((CHART / "Chart.yaml").read_text())

@@ -50,34 +50,52 @@ app.kubernetes.io/part-of: proxy-telemetry
 {{- end -}}
 
 {{/*
-The meter's configuration file. Call with (dict "root" $ "role" "gateway"|"sidecar").
+The meter's configuration file. Call with (dict "root" $ "role" "gateway"|"sidecar"|"injected").
 The chart sets listeners, admin, vendors, identity and clients; `meter.config` adds the rest.
+"injected" is the transparent sidecar the injector adds: no proxy listener, no vendor
+credentials (the crawler's own pass through), a transparent listener for init-iptables.
 */}}
 {{- define "proxy-telemetry.meterConfig" -}}
 {{- $root := .root -}}
 {{- $gateway := eq .role "gateway" -}}
+{{- $injected := eq .role "injected" -}}
 {{- $host := ternary "0.0.0.0" "127.0.0.1" $gateway -}}
 {{- $port := ternary $root.Values.gateway.service.proxyPort $root.Values.sidecar.proxyPort $gateway -}}
 {{- $generated := dict -}}
-{{- $listeners := list (dict "address" (printf "%s:%v" $host $port)) -}}
+{{- $listeners := list -}}
+{{- if not $injected -}}
+{{- $listeners = append $listeners (dict "address" (printf "%s:%v" $host $port)) -}}
 {{- range $vendor, $dedicated := $root.Values.meter.dedicatedPorts -}}
 {{- $listeners = append $listeners (dict "address" (printf "%s:%v" $host $dedicated) "vendor" $vendor) -}}
+{{- end -}}
+{{- else -}}
+{{- $_ := set $generated "transparent" (dict "listeners" (list (printf "127.0.0.1:%v" $root.Values.injector.transparentPort))) -}}
+{{- /* The crawler has exited when a native sidecar is stopped: nothing to drain, and the pod's
+default 30 s grace must cover the final scrape. */ -}}
+{{- $_ := set $generated "shutdown" (dict "grace_period" "5s" "final_scrape_delay" "15s") -}}
 {{- end -}}
 {{- $_ := set $generated "listeners" $listeners -}}
 {{- $_ := set $generated "admin" (dict "address" (printf "0.0.0.0:%v" $root.Values.meter.metricsPort)) -}}
 {{- $vendors := list -}}
 {{- range $root.Values.vendors -}}
+{{- if or (not $injected) .url -}}
 {{- $v := dict "name" .name "kind" (default "http_proxy" .kind) -}}
 {{- with .url }}{{ $_ := set $v "url" . }}{{ end -}}
-{{- if .username -}}
+{{- with .endpoints }}{{ $_ := set $v "endpoints" . }}{{ end -}}
+{{- if and .username (not $injected) -}}
 {{- $_ := set $v "username" .username -}}
 {{- $_ := set $v "password_env" (include "proxy-telemetry.passwordEnv" .) -}}
 {{- end -}}
 {{- $vendors = append $vendors $v -}}
 {{- end -}}
+{{- end -}}
 {{- $_ := set $generated "vendors" $vendors -}}
 {{- if $gateway -}}
+{{- if eq $root.Values.gateway.identity "kubernetes" -}}
+{{- $_ := set $generated "identity" (dict "from" "kubernetes" "kubernetes" (dict "max_pods" $root.Values.gateway.podIndex.maxPods)) -}}
+{{- else -}}
 {{- $_ := set $generated "identity" (dict "from" $root.Values.gateway.identity) -}}
+{{- end -}}
 {{- $_ := set $generated "clients" (dict "allowed_sources" $root.Values.gateway.allowedSources) -}}
 {{- else -}}
 {{- $_ := set $generated "identity" (dict "from" "environment") -}}

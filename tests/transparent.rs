@@ -837,38 +837,90 @@ impl Drop for Running {
 }
 
 #[test]
-fn a_meter_running_as_its_own_user_is_excluded_by_uid() {
-    // The sidecar the injector adds: the meter runs as uid 2102 and the rules exclude that uid
-    // (no socket mark, so no CAP_NET_ADMIN needed at run time).
-    const UID: &str = "2102";
-    const PORT: u16 = 15002;
+fn the_injected_init_container_and_sidecar_meter_a_crawler_as_the_webhook_wrote_them() {
+    // What `inject` (the webhook's patch, applied) puts in a pod, run as the kubelet would:
+    // the init container's command as root, then the meter sidecar's command as its uid with
+    // its environment; then the crawler, which knows nothing of either.
     const ADMIN: &str = "127.0.0.1:19464";
     let rig = Rig::new("");
-    let config = rig.dir.join("meter.yaml");
+    let injector = rig.dir.join("injector.yaml");
+    let meter_config = format!(
+        "listeners: []\ntransparent:\n  listeners: [\"127.0.0.1:15129\"]\nadmin:\n  address: \"0.0.0.0:19464\"\nidentity:\n  from: environment\nvendors:\n{}access_log:\n  enabled: false\n",
+        vendor_yaml(&rig.vendor)
+    );
+    let indented: String = meter_config.lines().map(|l| format!("  {l}\n")).collect();
     std::fs::write(
-        &config,
-        format!(
-            "listeners: []\ntransparent:\n  listeners: [\"127.0.0.1:{PORT}\"]\nadmin:\n  address: \"{ADMIN}\"\nvendors:\n{}access_log:\n  enabled: false\n",
-            vendor_yaml(&rig.vendor)
-        ),
+        &injector,
+        format!("image: meter:test\ninit_image: init:test\nmeter_config: |\n{indented}"),
     )
     .unwrap();
+    let pod = rig.dir.join("pod.json");
+    std::fs::write(
+        &pod,
+        r#"{"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "crawler-0", "namespace": "crawlers", "labels": {"pod-template-hash": "7f9c"},
+                         "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "crawler-7f9c",
+                                              "uid": "1", "controller": true}]},
+            "spec": {"containers": [{"name": "crawler", "image": "example/crawler:1"}]}}"#,
+    )
+    .unwrap();
+    let injected = run(std::process::Command::new(BIN)
+        .args(["inject", "--config"])
+        .arg(&injector)
+        .arg("--file")
+        .arg(&pod));
+    let injected: serde_json::Value = serde_json::from_slice(&injected.stdout).unwrap();
+    let containers = injected["spec"]["initContainers"].as_array().unwrap();
+    let (init, meter) = (&containers[0], &containers[1]);
+    let strings = |value: &serde_json::Value| -> Vec<String> {
+        value
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap().to_owned())
+            .collect()
+    };
+    // The kubelet resolves the Downward API fields; literal values pass as they are.
+    let env = |container: &serde_json::Value| -> Vec<(String, String)> {
+        container["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                let name = e["name"].as_str().unwrap().to_owned();
+                let value = match e["valueFrom"]["fieldRef"]["fieldPath"].as_str() {
+                    Some("metadata.name") => "crawler-0".to_owned(),
+                    Some("metadata.namespace") => "crawlers".to_owned(),
+                    Some(other) => panic!("unexpected field {other}"),
+                    None => e["value"].as_str().unwrap().to_owned(),
+                };
+                (name, value)
+            })
+            .collect()
+    };
+
+    run(rig
+        .link
+        .pod
+        .command(BIN)
+        .args(strings(&init["args"]))
+        .envs(env(init)));
+    let uid = meter["securityContext"]["runAsUser"].to_string();
+    assert_eq!(uid, "2102");
     let _meter = Running(
         rig.link
             .pod
             .command("setpriv")
             .args([
-                &format!("--reuid={UID}"),
-                &format!("--regid={UID}"),
+                &format!("--reuid={uid}"),
+                &format!("--regid={uid}"),
                 "--clear-groups",
                 BIN,
-                "meter",
-                "--config",
             ])
-            .arg(&config)
-            .env("POD_NAMESPACE", "crawlers")
-            .env("POD_NAME", "crawler-0")
-            .env("POD_WORKLOAD", "crawler")
+            .args(strings(&meter["args"]))
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .envs(env(meter))
             .stdout(Stdio::null())
             .spawn()
             .unwrap(),
@@ -887,15 +939,6 @@ fn a_meter_running_as_its_own_user_is_excluded_by_uid() {
         assert!(Instant::now() < deadline, "the meter did not become ready");
         std::thread::sleep(Duration::from_millis(100));
     }
-    run(rig.link.pod.command(BIN).args([
-        "init-iptables",
-        "--redirect-to",
-        &PORT.to_string(),
-        "--port",
-        &rig.vendor.address.port().to_string(),
-        "--exclude-uid",
-        UID,
-    ]));
     assert_eq!(
         rig.curl(&["-x", &rig.http_proxy(), "http://shop-a.test/bytes/4321"]),
         Ok("200".into())

@@ -290,6 +290,12 @@ impl Injector {
         if annotation(STATUS_ANNOTATION).is_some() {
             return Decision::Skip("already injected");
         }
+        // The chart's sidecar template and the kustomize component set this label: the pod
+        // brings its own meter.
+        let labels = pod.metadata.labels.as_ref();
+        if labels.and_then(|l| l.get(METER_LABEL)).map(String::as_str) == Some("true") {
+            return Decision::Skip("already has a meter");
+        }
         let spec = pod.spec.as_ref();
         if spec.and_then(|s| s.host_network) == Some(true) {
             // Redirect rules would change the node's own network namespace.

@@ -150,8 +150,9 @@ impl PodIndex {
             .map(|ip: IpAddr| ip.to_canonical())
             .collect();
         remove(index, uid);
-        if ended || host_network || ips.is_empty() || meta.deletion_timestamp.is_some() {
-            // Its IP is free (or about to be) for another pod.
+        // A terminating pod keeps its IP (and its traffic) until it is gone; a finished one has
+        // given its IP back.
+        if ended || host_network || ips.is_empty() {
             return;
         }
         if index.by_uid.len() >= self.max_pods {

@@ -191,12 +191,15 @@ fn an_injected_pod_is_left_alone_the_second_time() {
 }
 
 #[test]
-fn opted_out_and_host_network_pods_are_left_alone() {
+fn opted_out_host_network_and_self_metered_pods_are_left_alone() {
     let mut opted_out = crawler_pod();
     opted_out["metadata"]["annotations"] = json!({"proxy-telemetry.io/inject": "false"});
     let mut host = crawler_pod();
     host["spec"]["hostNetwork"] = json!(true);
-    for pod in [opted_out, host] {
+    // A pod with the chart's or the kustomize component's sidecar already.
+    let mut metered = crawler_pod();
+    metered["metadata"]["labels"]["proxy-telemetry.io/meter"] = json!("true");
+    for pod in [opted_out, host, metered] {
         let (response, patched) = answer(&injector(), &review("CREATE", "Pod", pod));
         assert_eq!(response["response"]["allowed"], true);
         assert_eq!(patched, None);

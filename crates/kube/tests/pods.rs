@@ -155,27 +155,39 @@ async fn until_pod(index: &PodIndex, ip: &str, expected: Option<&str>) {
     panic!("{ip} never became {expected:?}; it is {:?}", index.get(ip),);
 }
 
+/// A fake API server holding `pods`, and an index fed by a watch of it, after the first list.
+async fn watched(
+    pods: Vec<Value>,
+    node: Option<&str>,
+) -> (FakeApiServer, Arc<PodIndex>, CancellationToken) {
+    let api = FakeApiServer::start(pods).await;
+    let index = Arc::new(PodIndex::new(100));
+    let stop = CancellationToken::new();
+    tokio::spawn(watch(
+        api.client(),
+        watcher_config(node),
+        index.clone(),
+        stop.clone(),
+    ));
+    tokio::time::timeout(Duration::from_secs(10), index.synced())
+        .await
+        .expect("the first list arrives");
+    (api, index, stop)
+}
+
 #[test]
 fn the_index_follows_pods_through_deletion_ip_reuse_and_a_relist() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
-        let api = FakeApiServer::start(vec![
-            pod("crawler-a", "crawler", "10.0.0.1"),
-            pod("crawler-b", "crawler", "10.0.0.2"),
-            pod("indexer-0", "indexer", "fd00::7"),
-        ])
+        let (api, index, stop) = watched(
+            vec![
+                pod("crawler-a", "crawler", "10.0.0.1"),
+                pod("crawler-b", "crawler", "10.0.0.2"),
+                pod("indexer-0", "indexer", "fd00::7"),
+            ],
+            None,
+        )
         .await;
-        let index = Arc::new(PodIndex::new(100));
-        let stop = CancellationToken::new();
-        tokio::spawn(watch(
-            api.client(),
-            watcher_config(None),
-            index.clone(),
-            stop.clone(),
-        ));
-        tokio::time::timeout(Duration::from_secs(10), index.synced())
-            .await
-            .expect("the first list arrives");
         assert_eq!(index.len(), 3);
         let a = index.get("10.0.0.1".parse().unwrap()).unwrap();
         assert_eq!(
@@ -248,18 +260,7 @@ fn the_index_follows_pods_through_deletion_ip_reuse_and_a_relist() {
 fn a_per_node_meter_watches_only_its_nodes_pods() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
-        let api = FakeApiServer::start(vec![]).await;
-        let index = Arc::new(PodIndex::new(10));
-        let stop = CancellationToken::new();
-        tokio::spawn(watch(
-            api.client(),
-            watcher_config(Some("node-7")),
-            index.clone(),
-            stop.clone(),
-        ));
-        tokio::time::timeout(Duration::from_secs(10), index.synced())
-            .await
-            .unwrap();
+        let (api, _index, stop) = watched(vec![], Some("node-7")).await;
         let requests = api.requests.lock().unwrap().clone();
         assert!(
             requests
@@ -275,20 +276,14 @@ fn a_per_node_meter_watches_only_its_nodes_pods() {
 fn a_shared_meter_labels_each_connection_with_the_pod_behind_its_source_ip() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
-        let api = FakeApiServer::start(vec![
-            pod("crawler-a", "crawler", "127.0.0.2"),
-            pod("indexer-a", "indexer", "127.0.0.3"),
-        ])
+        let (api, index, stop) = watched(
+            vec![
+                pod("crawler-a", "crawler", "127.0.0.2"),
+                pod("indexer-a", "indexer", "127.0.0.3"),
+            ],
+            None,
+        )
         .await;
-        let index = Arc::new(PodIndex::new(100));
-        let stop = CancellationToken::new();
-        tokio::spawn(watch(
-            api.client(),
-            watcher_config(None),
-            index.clone(),
-            stop.clone(),
-        ));
-        index.synced().await;
 
         let pki = TestPki::new(&["shop-a.test"]);
         let origin = Origin::start(&pki).await;

@@ -34,7 +34,7 @@ use crate::{forward, tunnel};
 const REFUSAL_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
 /// Pause after a failed `accept` (for example out of file descriptors), so the loop does not
 /// spin while the condition lasts.
-pub const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(50);
+const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(50);
 /// Resets a client may cause before hyper/h2 answers with GOAWAY (Rapid Reset, CVE-2023-44487).
 /// The h2 crate's default is 20; this keeps it explicit.
 const H2_MAX_PENDING_ACCEPT_RESETS: usize = 20;
@@ -60,6 +60,27 @@ pub fn http_builder(limits: &LimitsConfig) -> auto::Builder<TokioExecutor> {
     builder
 }
 
+/// The next accepted connection, or `None` once draining starts. Accept errors (such as running
+/// out of file descriptors) are logged and retried after a pause.
+pub async fn next_connection(
+    listener: &TcpListener,
+    shared: &Shared,
+) -> Option<(tokio::net::TcpStream, std::net::SocketAddr)> {
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = shared.draining.cancelled() => return None,
+        };
+        match accepted {
+            Ok(pair) => return Some(pair),
+            Err(error) => {
+                tracing::warn!(%error, "accept failed");
+                tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
+            }
+        }
+    }
+}
+
 /// Accepts connections until draining starts.
 pub async fn accept_loop(
     shared: Arc<Shared>,
@@ -68,19 +89,7 @@ pub async fn accept_loop(
     limit: Arc<Semaphore>,
     builder: Arc<auto::Builder<TokioExecutor>>,
 ) {
-    loop {
-        let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
-            () = shared.draining.cancelled() => return,
-        };
-        let (stream, peer) = match accepted {
-            Ok(pair) => pair,
-            Err(error) => {
-                tracing::warn!(%error, "accept failed");
-                tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
-                continue;
-            }
-        };
+    while let Some((stream, peer)) = next_connection(&listener, &shared).await {
         let sources = &shared.config.clients.allowed_sources;
         if !sources.is_empty() && !sources.iter().any(|net| net.contains(peer.ip())) {
             shared.metrics.reject(RejectReason::SourceNotAllowed);

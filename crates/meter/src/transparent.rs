@@ -69,19 +69,7 @@ pub async fn accept_loop(
     listener: TcpListener,
     limit: Arc<Semaphore>,
 ) {
-    loop {
-        let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
-            () = shared.draining.cancelled() => return,
-        };
-        let (stream, peer) = match accepted {
-            Ok(pair) => pair,
-            Err(error) => {
-                tracing::warn!(%error, "accept failed");
-                tokio::time::sleep(crate::server::ACCEPT_ERROR_BACKOFF).await;
-                continue;
-            }
-        };
+    while let Some((stream, peer)) = crate::server::next_connection(&listener, &shared).await {
         let Ok(permit) = limit.clone().try_acquire_owned() else {
             // The crawler's protocol is not known yet, so there is no answer to give: close.
             shared.metrics.reject(RejectReason::Overloaded);

@@ -5,8 +5,8 @@
     python3 deploy/grafana/generate.py --check  # fail if the checked-in JSON differs
 
 Dashboards are described here compactly (panels as title, type, queries) and rendered with the
-same conventions everywhere: a stable uid, a `datasource` variable, `vendor`, `namespace` and
-`pod` variables, `$__rate_interval` in every rate over raw counters, and the recording rules of
+same conventions everywhere: a stable uid, a `datasource` variable, `vendor`, `namespace`,
+`workload` and `pod` variables, `$__rate_interval` in every rate over raw counters, and the recording rules of
 files/prometheus-rules.yaml for the aggregations that are expensive at fleet scale.
 """
 
@@ -17,7 +17,7 @@ from pathlib import Path
 OUT = Path(__file__).resolve().parent.parent / "helm/proxy-telemetry/files/dashboards"
 
 VENDOR = 'proxy_vendor=~"$vendor"'
-POD = 'proxy_vendor=~"$vendor",source_namespace=~"$namespace",source_pod=~"$pod"'
+POD = 'proxy_vendor=~"$vendor",source_namespace=~"$namespace",source_workload=~"$workload",source_pod=~"$pod"'
 
 
 def variables(extra=()):
@@ -35,7 +35,10 @@ def variables(extra=()):
          "current": {}, "hide": 0, "refresh": 1},
         query("vendor", "Vendor", "label_values(proxy_requests_total, proxy_vendor)"),
         query("namespace", "Namespace", f"label_values(proxy_requests_total{{{VENDOR}}}, source_namespace)"),
-        query("pod", "Pod", f'label_values(proxy_requests_total{{{VENDOR},source_namespace=~"$namespace"}}, source_pod)'),
+        query("workload", "Workload",
+              f'label_values(proxy_requests_total{{{VENDOR},source_namespace=~"$namespace"}}, source_workload)'),
+        query("pod", "Pod", f'label_values(proxy_requests_total{{{VENDOR},source_namespace=~"$namespace",'
+                            f'source_workload=~"$workload"}}, source_pod)'),
         *[query(name, label, expr) for name, label, expr in extra],
     ]
 
@@ -121,6 +124,13 @@ BANDWIDTH = render(
         panel("Top pods by bytes sent", "timeseries", [(
             f"topk(10, {rate('proxy_sent_bytes_total', by='proxy_vendor, source_namespace, source_pod')})",
             "{{source_namespace}}/{{source_pod}} via {{proxy_vendor}}")], "Bps"),
+        panel("Received per workload", "timeseries", [(
+            f'topk(10, vendor_workload:proxy_received_bytes:rate5m{{{VENDOR},source_namespace=~"$namespace",'
+            f'source_workload=~"$workload"}})', "{{source_namespace}}/{{source_workload}} via {{proxy_vendor}}")], "Bps",
+              description="Deployments, StatefulSets, Jobs: their series outlive pod churn (5-minute rates)."),
+        panel("Sent per workload", "timeseries", [(
+            f'topk(10, vendor_workload:proxy_sent_bytes:rate5m{{{VENDOR},source_namespace=~"$namespace",'
+            f'source_workload=~"$workload"}})', "{{source_namespace}}/{{source_workload}} via {{proxy_vendor}}")], "Bps"),
         panel("Transfer in the last 24 h per vendor", "bargauge", [
             (f"vendor:proxy_sent_bytes:increase24h{{{VENDOR}}}", "{{proxy_vendor}} sent"),
             (f"vendor:proxy_received_bytes:increase24h{{{VENDOR}}}", "{{proxy_vendor}} received")], "bytes",

@@ -290,7 +290,7 @@ def panel_expressions():
 
 def substitute(expr):
     """Grafana variables replaced the way the all-values selection does."""
-    for variable in ("vendor", "namespace", "pod", "destination"):
+    for variable in ("vendor", "namespace", "workload", "pod", "destination"):
         expr = expr.replace(f'"${variable}"', '".*"')
     return expr.replace("$__rate_interval", "1m")
 

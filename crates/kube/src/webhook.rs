@@ -52,6 +52,7 @@ pub struct ReloadingCertificate {
     cert: PathBuf,
     key: PathBuf,
     provider: Arc<rustls::crypto::CryptoProvider>,
+    check_every: Duration,
     state: Mutex<Loaded>,
 }
 
@@ -73,6 +74,7 @@ impl ReloadingCertificate {
             cert: cert.to_owned(),
             key: key.to_owned(),
             provider,
+            check_every: RELOAD_CHECK,
             state: Mutex::new(Loaded {
                 key: loaded,
                 modified: (modified(cert), modified(key)),
@@ -84,7 +86,7 @@ impl ReloadingCertificate {
     /// The current key, after re-reading the files if they changed since the last check.
     fn current(&self) -> Option<Arc<CertifiedKey>> {
         let mut state = self.state.lock().ok()?;
-        if state.checked.elapsed() >= RELOAD_CHECK {
+        if state.checked.elapsed() >= self.check_every {
             state.checked = Instant::now();
             let now = (modified(&self.cert), modified(&self.key));
             if now != state.modified {
@@ -243,5 +245,38 @@ async fn answer(request: Request<Incoming>, injector: &Injector) -> Response<Ful
             StatusCode::NOT_FOUND,
             "not found: POST /mutate or GET /healthz\n".into(),
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pt_testkit::pki::TestPki;
+
+    fn leaf(key: &CertifiedKey) -> Vec<u8> {
+        key.cert[0].to_vec()
+    }
+
+    #[test]
+    fn a_renewed_certificate_is_served_without_a_restart_and_a_torn_one_is_not() {
+        let dir = std::env::temp_dir().join(format!("pt-webhook-reload-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (cert, key) = (dir.join("tls.crt"), dir.join("tls.key"));
+        let (first, second) = (TestPki::new(&["a.test"]), TestPki::new(&["a.test"]));
+        std::fs::write(&cert, &first.cert_pem).unwrap();
+        std::fs::write(&key, &first.key_pem).unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut resolver = ReloadingCertificate::load(&cert, &key, provider).unwrap();
+        resolver.check_every = Duration::ZERO;
+        let served = leaf(&resolver.current().unwrap());
+
+        // cert-manager writes the certificate first: with the old key it does not match.
+        std::fs::write(&cert, &second.cert_pem).unwrap();
+        assert_eq!(leaf(&resolver.current().unwrap()), served, "a torn pair is not served");
+
+        std::fs::write(&key, &second.key_pem).unwrap();
+        let renewed = leaf(&resolver.current().unwrap());
+        assert_ne!(renewed, served, "the renewed pair is served");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

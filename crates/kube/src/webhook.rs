@@ -272,7 +272,11 @@ mod tests {
 
         // cert-manager writes the certificate first: with the old key it does not match.
         std::fs::write(&cert, &second.cert_pem).unwrap();
-        assert_eq!(leaf(&resolver.current().unwrap()), served, "a torn pair is not served");
+        assert_eq!(
+            leaf(&resolver.current().unwrap()),
+            served,
+            "a torn pair is not served"
+        );
 
         std::fs::write(&key, &second.key_pem).unwrap();
         let renewed = leaf(&resolver.current().unwrap());

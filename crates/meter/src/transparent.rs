@@ -29,7 +29,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use prometheus_client::metrics::counter::Counter;
 use pt_metrics::caps::{Name, UNKNOWN};
 use pt_metrics::labels::{
@@ -49,6 +49,7 @@ use crate::failure::classify_connect;
 use crate::outbound::Outbound;
 use crate::server::OpenConnection;
 use crate::shared::Shared;
+use crate::tunnel;
 
 pub use endpoints::Endpoints;
 
@@ -187,6 +188,34 @@ async fn serve(
         () = tally.activity.idle(limits.tunnel_idle_timeout, || false) => {}
         () = shared.stopped.cancelled() => {}
     }
+}
+
+/// Hands a connection whose tunnel has just opened (CONNECT 200, SOCKS5 success) to the tunnel
+/// relay: what the vendor sent beyond its answer goes to the client first, and what the client
+/// sent beyond its request starts the sniffed stream.
+async fn open_tunnel(
+    captured: &Captured,
+    exchange: Exchange,
+    (client, client_write): (Inbound<OwnedReadHalf>, OwnedWriteHalf),
+    (vendor_read, vendor_write): (VendorRead, VendorWrite),
+    from_vendor: Bytes,
+) {
+    let halves = tunnel::Halves {
+        client_read: client.io,
+        client_write,
+        vendor_read,
+        vendor_write,
+    };
+    let pending = client.buf.to_vec();
+    tunnel::pipe(
+        &captured.shared,
+        exchange,
+        &captured.tally,
+        halves,
+        from_vendor,
+        pending,
+    )
+    .await;
 }
 
 /// The two halves of a vendor socket, each counting into the connection's tally.

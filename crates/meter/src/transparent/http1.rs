@@ -14,7 +14,7 @@
 //! next (pipelined) response would count its first bytes toward the previous request.
 //!
 //! A CONNECT waits for the vendor's verdict before anything else is read from the crawler: on a
-//! 2xx both pumps hand their halves over to the tunnel relay ([`tunnel::pipe`], which sniffs SNI
+//! 2xx both pumps hand their halves over to the tunnel relay ([`crate::tunnel::pipe`], which sniffs SNI
 //! and ALPN as for the meter's own tunnels); otherwise the crawler may send its next request.
 //! Whatever the meter cannot follow (a malformed or oversized head, ambiguous framing, an
 //! origin-form request, bytes the vendor sends unasked, a protocol switch) ends interpretation in
@@ -31,10 +31,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Captured, Inbound, VendorRead, VendorWrite};
+use super::{Captured, Inbound, VendorRead, VendorWrite, open_tunnel};
 use crate::copy::{CopyError, copy};
 use crate::exchange::Exchange;
-use crate::tunnel::{self, Halves};
 
 /// Requests sent ahead of their responses (pipelining) that are followed; past it the request
 /// pump waits for responses, which slows only a crawler that pipelines that deep.
@@ -100,19 +99,13 @@ pub(super) async fn relay(
         },
     ) = (requests, responses)
     {
-        let halves = Halves {
-            client_read: client.io,
-            client_write,
-            vendor_read: vendor.io,
-            vendor_write,
-        };
-        tunnel::pipe(
-            &captured.shared,
+        // The response reader peeks, so nothing of the vendor's is buffered here.
+        open_tunnel(
+            captured,
             *exchange,
-            &captured.tally,
-            halves,
+            (client, client_write),
+            (vendor.io, vendor_write),
             bytes::Bytes::new(),
-            client.buf.to_vec(),
         )
         .await;
     }

@@ -16,10 +16,9 @@ use pt_sniff::socks5::{self, Command, METHOD_USERNAME_PASSWORD};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
-use super::{Captured, Inbound, VendorRead, VendorWrite};
+use super::{Captured, Inbound, VendorRead, VendorWrite, open_tunnel};
 use crate::copy::CopyError;
 use crate::exchange::Exchange;
-use crate::tunnel::{self, Halves};
 
 /// "No authentication required" (RFC 1928 §3).
 const METHOD_NONE: u8 = 0;
@@ -43,19 +42,12 @@ pub(super) async fn relay(
     .await?;
     match opened {
         Some(exchange) => {
-            let halves = Halves {
-                client_read: client.io,
-                client_write,
-                vendor_read: vendor.io,
-                vendor_write,
-            };
-            tunnel::pipe(
-                &captured.shared,
+            open_tunnel(
+                captured,
                 exchange,
-                &captured.tally,
-                halves,
+                (client, client_write),
+                (vendor.io, vendor_write),
                 vendor.buf.freeze(),
-                client.buf.to_vec(),
             )
             .await;
             Ok(())

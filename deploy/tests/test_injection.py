@@ -9,6 +9,7 @@ rendered MutatingWebhookConfiguration; the pods it patches validate with kuberne
 import base64
 import http.client
 import json
+import re
 import socket
 import ssl
 import subprocess
@@ -270,3 +271,24 @@ def test_a_gateway_attributing_by_pod_ip_may_watch_pods_and_nothing_else(chart, 
     assert config["identity"] == {"from": "kubernetes", "kubernetes": {"max_pods": 20000}}
     policy = named(docs, "NetworkPolicy", "-gateway")
     assert {"ports": [{"port": 443, "protocol": "TCP"}, {"port": 6443, "protocol": "TCP"}]} in policy["spec"]["egress"]
+
+
+def test_injected_pods_are_scraped_by_both_prometheus_modes(chart, webhook):
+    """The last step to the dashboards: both discovery modes select what the injector adds."""
+    pod = admit(webhook, crawler_pod())
+    meter = pod["spec"]["initContainers"][1]
+    port_names = [p["name"] for p in meter["ports"]]
+    docs, _ = chart
+    config = yaml.safe_load(named(docs, "ConfigMap", "-prometheus")["data"]["prometheus.yml"])
+    scrape = next(s for s in config["scrape_configs"] if s["job_name"] == "proxy-telemetry")
+    keep = next(r for r in scrape["relabel_configs"]
+                if r["source_labels"] == ["__meta_kubernetes_pod_container_port_name"])
+    assert keep["action"] == "keep" and any(re.fullmatch(keep["regex"], name) for name in port_names)
+    assert scrape["kubernetes_sd_configs"] == [{"role": "pod"}], "every namespace, so injected ones too"
+
+    operator, _ = render("kube-prometheus-stack", {"injector": {"enabled": True}})
+    monitor = named(operator, "PodMonitor", "-meters")
+    assert monitor["spec"]["namespaceSelector"] == {"any": True}
+    selected = monitor["spec"]["selector"]["matchLabels"]
+    assert selected.items() <= pod["metadata"]["labels"].items()
+    assert monitor["spec"]["podMetricsEndpoints"][0]["port"] in port_names

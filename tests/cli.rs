@@ -13,6 +13,7 @@ use std::time::Duration;
 use pt_metrics::exposition::Scrape;
 use pt_testkit::origin::Origin;
 use pt_testkit::pki::TestPki;
+use pt_testkit::process::{Running, free_port};
 use pt_testkit::vendor::FakeVendor;
 
 const BINARY: &str = env!("CARGO_BIN_EXE_proxy-telemetry");
@@ -194,14 +195,7 @@ fn curl_through_the_meter_binary_is_metered_exactly() {
         std::thread::sleep(Duration::from_millis(20));
     }
     let pod = [("source_namespace", "crawlers"), ("source_pod", "curl-pod")];
-    assert_eq!(
-        scrape.sum("proxy_sent_bytes_total", &pod),
-        vendor.bytes_from_meter()
-    );
-    assert_eq!(
-        scrape.sum("proxy_received_bytes_total", &pod),
-        vendor.bytes_to_meter()
-    );
+    vendor.assert_metered_exactly(&scrape, &pod);
     assert_eq!(
         scrape.sum(
             "proxy_requests_total",
@@ -524,29 +518,10 @@ fn the_demo_checks_again_through_promql_with_a_real_prometheus() {
     }
 }
 
-/// A free loopback port (bound and released; the next bind takes it).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A child process stopped by its PID when dropped.
-struct Child2(Child);
-
-impl Drop for Child2 {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[test]
 fn the_fake_vendor_and_origin_processes_serve_the_cluster_demo() {
     let (http, https, vendor) = (free_port(), free_port(), free_port());
-    let _origin = Child2(
+    let _origin = Running(
         Command::new(BINARY)
             .args([
                 "fake-origin",
@@ -559,7 +534,7 @@ fn the_fake_vendor_and_origin_processes_serve_the_cluster_demo() {
             .spawn()
             .unwrap(),
     );
-    let _vendor = Child2(
+    let _vendor = Running(
         Command::new(BINARY)
             .args([
                 "fake-vendor",

@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,30 +18,14 @@ use pt_metrics::exposition::Scrape;
 use pt_testkit::meter::MeterSetup;
 use pt_testkit::origin::Origin;
 use pt_testkit::pki::TestPki;
+use pt_testkit::process::{Running, free_port};
 use pt_testkit::vendor::FakeVendor;
 
 const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/helm/proxy-telemetry");
 
-struct Prometheus(Child);
-
-impl Drop for Prometheus {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// Starts Prometheus scraping `target` every second with the chart's rules (the daily group
 /// evaluated every second too, instead of every 5 minutes).
-fn start_prometheus(dir: &Path, target: std::net::SocketAddr) -> (Prometheus, String) {
+fn start_prometheus(dir: &Path, target: std::net::SocketAddr) -> (Running, String) {
     let rules = std::fs::read_to_string(format!("{CHART}/files/prometheus-rules.yaml")).unwrap();
     assert!(rules.contains("interval: 5m"));
     std::fs::write(
@@ -73,7 +57,7 @@ fn start_prometheus(dir: &Path, target: std::net::SocketAddr) -> (Prometheus, St
         .stderr(std::fs::File::create(dir.join("prometheus.log")).unwrap())
         .spawn()
         .expect("prometheus must be installed (CI installs Debian's package)");
-    (Prometheus(child), format!("http://127.0.0.1:{port}"))
+    (Running(child), format!("http://127.0.0.1:{port}"))
 }
 
 /// Every panel query of the four dashboards, with Grafana's variables set to "all".

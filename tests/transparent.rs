@@ -24,6 +24,7 @@ use pt_testkit::meter::{MeterSetup, TestMeter, admin_get};
 use pt_testkit::netns::{Link, NsRuntime, run};
 use pt_testkit::origin::Origin;
 use pt_testkit::pki::TestPki;
+use pt_testkit::process::Running;
 use pt_testkit::vendor::FakeVendor;
 
 const BIN: &str = env!("CARGO_BIN_EXE_proxy-telemetry");
@@ -214,9 +215,8 @@ impl Rig {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let scrape = self.scrape();
-            let done = scrape.sum("proxy_sent_bytes_total", &[]) == self.vendor.bytes_from_meter()
-                && scrape.sum("proxy_received_bytes_total", &[]) == self.vendor.bytes_to_meter()
-                && scrape.sum("proxy_active_tunnels", &[]) == 0;
+            let done =
+                self.vendor.books_match(&scrape) && scrape.sum("proxy_active_tunnels", &[]) == 0;
             if done || Instant::now() > deadline {
                 return scrape;
             }
@@ -389,14 +389,7 @@ fn a_crawler_talking_to_its_vendor_is_metered_exactly_on_every_path() {
         ("source_pod", "crawler-0"),
         ("source_workload", "crawler"),
     ];
-    assert_eq!(
-        scrape.sum("proxy_sent_bytes_total", &pod),
-        rig.vendor.bytes_from_meter()
-    );
-    assert_eq!(
-        scrape.sum("proxy_received_bytes_total", &pod),
-        rig.vendor.bytes_to_meter()
-    );
+    rig.vendor.assert_metered_exactly(&scrape, &pod);
     assert!(rig.vendor.bytes_to_meter() > 15_000);
     assert_eq!(requests(&scrape, "http1", "2xx"), 3);
     assert_eq!(requests(&scrape, "http1", "4xx"), 1);
@@ -477,17 +470,8 @@ fn an_https_proxy_endpoint_is_metered_as_bytes() {
         Ok("200".into())
     );
     let scrape = rig.settled();
-    assert_eq!(
-        scrape.sum("proxy_sent_bytes_total", &[("proxy_vendor", "vendor-a")]),
-        rig.vendor.bytes_from_meter()
-    );
-    assert_eq!(
-        scrape.sum(
-            "proxy_received_bytes_total",
-            &[("proxy_vendor", "vendor-a")]
-        ),
-        rig.vendor.bytes_to_meter()
-    );
+    rig.vendor
+        .assert_metered_exactly(&scrape, &[("proxy_vendor", "vendor-a")]);
     assert!(rig.vendor.bytes_to_meter() > 2500);
     assert_eq!(
         scrape.sum(
@@ -556,9 +540,7 @@ fn ipv6_vendor_endpoints_are_captured_too() {
     let scrape = loop {
         let (_, _, body) = pod.run(async move { admin_get(admin, "/metrics").await });
         let scrape = Scrape::parse(&body).unwrap();
-        if scrape.sum("proxy_received_bytes_total", &[]) == vendor.bytes_to_meter()
-            || Instant::now() > deadline
-        {
+        if vendor.books_match(&scrape) || Instant::now() > deadline {
             break scrape;
         }
         std::thread::sleep(Duration::from_millis(50));
@@ -567,14 +549,7 @@ fn ipv6_vendor_endpoints_are_captured_too() {
         scrape.sum("proxy_requests_total", &[("proxy_vendor", "vendor-six")]),
         1
     );
-    assert_eq!(
-        scrape.sum("proxy_sent_bytes_total", &[]),
-        vendor.bytes_from_meter()
-    );
-    assert_eq!(
-        scrape.sum("proxy_received_bytes_total", &[]),
-        vendor.bytes_to_meter()
-    );
+    vendor.assert_metered_exactly(&scrape, &[]);
 }
 
 /// A plain HTTP server at the vendor host's address that is no vendor endpoint (it relays to
@@ -771,14 +746,7 @@ fn the_projects_own_load_generator_reconciles_exactly_through_capture() {
     // business with the destination).
     let completed = scrape.sum("proxy_requests_total", &[("status_class", "2xx")]);
     assert!(completed >= 10, "{completed}");
-    assert_eq!(
-        scrape.sum("proxy_sent_bytes_total", &[]),
-        rig.vendor.bytes_from_meter()
-    );
-    assert_eq!(
-        scrape.sum("proxy_received_bytes_total", &[]),
-        rig.vendor.bytes_to_meter()
-    );
+    rig.vendor.assert_metered_exactly(&scrape, &[]);
     // The meter forwards the crawler's bytes unchanged, so its byte counts are also the
     // crawler's own, as the ledger recorded them.
     let ledger_text = std::fs::read_to_string(&ledger).unwrap();
@@ -824,16 +792,6 @@ fn the_projects_own_load_generator_reconciles_exactly_through_capture() {
         "{}",
         String::from_utf8_lossy(&check.stdout)
     );
-}
-
-/// Kills a child process (by its PID, through the handle) when dropped.
-struct Running(std::process::Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 #[test]
@@ -947,23 +905,14 @@ fn the_injected_init_container_and_sidecar_meter_a_crawler_as_the_webhook_wrote_
     let scrape = loop {
         let scrape =
             Scrape::parse(&String::from_utf8_lossy(&admin_get("/metrics").stdout)).unwrap();
-        if scrape.sum("proxy_received_bytes_total", &[]) == rig.vendor.bytes_to_meter()
-            || Instant::now() > deadline
-        {
+        if rig.vendor.books_match(&scrape) || Instant::now() > deadline {
             break scrape;
         }
         std::thread::sleep(Duration::from_millis(50));
     };
     let pod = [("source_pod", "crawler-0"), ("source_workload", "crawler")];
     assert_eq!(scrape.sum("proxy_requests_total", &pod), 1);
-    assert_eq!(
-        scrape.sum("proxy_sent_bytes_total", &pod),
-        rig.vendor.bytes_from_meter()
-    );
-    assert_eq!(
-        scrape.sum("proxy_received_bytes_total", &pod),
-        rig.vendor.bytes_to_meter()
-    );
+    rig.vendor.assert_metered_exactly(&scrape, &pod);
     assert_eq!(
         scrape.sum("proxy_rejected_requests_total", &[("reason", "loop")]),
         0

@@ -28,6 +28,15 @@ pub use pt_sniff::net::Cidr;
 /// The environment the configuration is read against (a snapshot, so tests can supply their own).
 pub type Env = HashMap<String, String>;
 
+/// An environment from name/value pairs, for tests.
+#[cfg(test)]
+pub(crate) fn test_env(pairs: &[(&str, &str)]) -> Env {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
 /// A validated meter configuration.
 #[derive(Clone, Debug)]
 pub struct MeterConfig {

@@ -633,12 +633,7 @@ fn limits(raw: &RawLimits, errors: &mut Errors) -> LimitsConfig {
 mod tests {
     use crate::*;
 
-    fn env(pairs: &[(&str, &str)]) -> Env {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
+    use crate::test_env as env;
 
     const MINIMAL: &str =
         "vendors:\n  - name: vendor-a\n    url: http://proxy.vendor-a.example:8000\n";

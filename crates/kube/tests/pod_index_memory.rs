@@ -4,7 +4,9 @@
 #![allow(clippy::unwrap_used)] // Tests: a failed unwrap is a failed test.
 
 use pt_kube::pods::PodIndex;
-use serde_json::{Value, json};
+
+mod support;
+use support::pod;
 
 #[global_allocator]
 static ALLOCATOR: cap::Cap<std::alloc::System> = cap::Cap::new(std::alloc::System, usize::MAX);
@@ -12,26 +14,6 @@ static ALLOCATOR: cap::Cap<std::alloc::System> = cap::Cap::new(std::alloc::Syste
 /// Bytes currently allocated by this test binary.
 fn allocated() -> usize {
     ALLOCATOR.allocated()
-}
-
-/// A pod as the watch delivers it, with the fields a real one carries besides.
-fn pod(name: &str, ip: &str) -> Value {
-    json!({
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {
-            "name": name,
-            "namespace": "crawlers",
-            "uid": format!("5b3c7a10-8f6e-4d2b-{name}"),
-            "labels": {"app": "crawler", "pod-template-hash": "5f7b9"},
-            "ownerReferences": [{
-                "apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "crawler-5f7b9",
-                "uid": "rs-crawler", "controller": true
-            }]
-        },
-        "spec": {"containers": [{"name": "crawler", "image": "example/crawler:1"}]},
-        "status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}]}
-    })
 }
 
 #[test]
@@ -43,7 +25,7 @@ fn the_index_is_bounded_and_ten_thousand_pods_fit_in_a_few_mebibytes() {
     for i in 0..10_001u32 {
         let ip = format!("10.{}.{}.{}", i >> 16, (i >> 8) & 255, i & 255);
         let pod: k8s_openapi::api::core::v1::Pod =
-            serde_json::from_value(pod(&format!("crawler-{i}"), &ip)).unwrap();
+            serde_json::from_value(pod(&format!("crawler-{i}"), "crawler", &ip)).unwrap();
         index.apply(Event::InitApply(pod));
     }
     index.apply(Event::InitDone);

@@ -151,7 +151,9 @@ impl WireCounters {
 }
 
 pin_project_lite::pin_project! {
-    /// A socket whose reads and writes add to [`WireCounters`].
+    /// A socket whose reads and writes add to [`WireCounters`]. Deliberately not the meter's
+    /// `ObservedIo`: the ledger is the ground truth the meter is checked against, so it must
+    /// not share the meter's counting code.
     #[derive(Debug)]
     pub struct CountingIo<T> {
         #[pin]

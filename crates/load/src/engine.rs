@@ -23,6 +23,7 @@ use rand::SeedableRng;
 use rand::rngs::SmallRng;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
+use tokio_util::either::Either;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -414,20 +415,9 @@ impl Pod {
         let mut conn = match pooled {
             Some(conn) => conn,
             None => {
-                let sender = match form {
-                    Form::Origin => {
-                        let tls = self.open_tunnel(run, key, entry, "http/1.1").await?;
-                        client::http1(tls).await.map_err(ErrorKind::of)?
-                    }
-                    _ => client::http1(
-                        proxy
-                            .dial(entry.wire.clone())
-                            .await
-                            .map_err(ErrorKind::of)?,
-                    )
-                    .await
-                    .map_err(ErrorKind::of)?,
-                };
+                let tunnel = matches!(form, Form::Origin).then_some("http/1.1");
+                let io = self.transport(run, key, entry, tunnel).await?;
+                let sender = client::http1(io).await.map_err(ErrorKind::of)?;
                 Reusable { sender, uses: 0 }
             }
         };
@@ -469,20 +459,9 @@ impl Pod {
                 c.uses < run.plan.requests_per_connection && !c.sender.is_closed()
             });
             if !usable {
-                let sender = match form {
-                    Form::AbsoluteTls => {
-                        let tls = self.open_tunnel(run, key, entry, "h2").await?;
-                        client::http2(tls).await.map_err(ErrorKind::of)?
-                    }
-                    _ => client::http2(
-                        proxy
-                            .dial(entry.wire.clone())
-                            .await
-                            .map_err(ErrorKind::of)?,
-                    )
-                    .await
-                    .map_err(ErrorKind::of)?,
-                };
+                let tunnel = matches!(form, Form::AbsoluteTls).then_some("h2");
+                let io = self.transport(run, key, entry, tunnel).await?;
+                let sender = client::http2(io).await.map_err(ErrorKind::of)?;
                 shared.insert(key, Reusable { sender, uses: 0 });
             }
             let conn = shared.get_mut(&key).ok_or(ErrorKind::Http)?;
@@ -495,6 +474,31 @@ impl Pod {
             matches!(form, Form::AbsoluteH2).then_some(&entry.h2),
         )
         .await
+    }
+
+    /// The connection a new HTTP connection runs on: TLS inside a new tunnel offering
+    /// `tunnel_alpn`, or without it a plain connection to the proxy.
+    async fn transport(
+        &self,
+        run: &Context,
+        key: ConnKey,
+        entry: &BookEntry,
+        tunnel_alpn: Option<&str>,
+    ) -> Result<
+        Either<
+            tokio_rustls::client::TlsStream<TokioIo<hyper::upgrade::Upgraded>>,
+            client::CountingIo<tokio::net::TcpStream>,
+        >,
+        ErrorKind,
+    > {
+        match tunnel_alpn {
+            Some(alpn) => Ok(Either::Left(self.open_tunnel(run, key, entry, alpn).await?)),
+            None => self.proxies[key.0]
+                .dial(entry.wire.clone())
+                .await
+                .map(Either::Right)
+                .map_err(ErrorKind::of),
+        }
     }
 
     /// A CONNECT tunnel to the target, with TLS offering `alpn` inside.

@@ -96,16 +96,9 @@ pub fn credentials_status(buf: &[u8]) -> Parsed<bool> {
 
 /// A request: `VER CMD RSV ATYP DST.ADDR DST.PORT`.
 pub fn request(buf: &[u8]) -> Parsed<Request> {
-    let Some(&[version, command, _reserved]) = buf.first_chunk::<3>() else {
-        return if buf.first().is_some_and(|&v| v != VERSION) {
-            Err(Socks5Error)
-        } else {
-            Ok(None)
-        };
+    let Some(command) = head(buf)? else {
+        return Ok(None);
     };
-    if version != VERSION {
-        return Err(Socks5Error);
-    }
     let command = match command {
         1 => Command::Connect,
         2 => Command::Bind,
@@ -117,17 +110,20 @@ pub fn request(buf: &[u8]) -> Parsed<Request> {
 
 /// The server's reply: `VER REP RSV ATYP BND.ADDR BND.PORT`. Returns the reply code (0: success).
 pub fn reply(buf: &[u8]) -> Parsed<u8> {
-    let Some(&[version, code, _reserved]) = buf.first_chunk::<3>() else {
-        return if buf.first().is_some_and(|&v| v != VERSION) {
-            Err(Socks5Error)
-        } else {
-            Ok(None)
-        };
+    let Some(code) = head(buf)? else {
+        return Ok(None);
     };
-    if version != VERSION {
-        return Err(Socks5Error);
-    }
     Ok(address(&buf[3..])?.map(|(_, len)| (code, 3 + len)))
+}
+
+/// `VER X RSV`, the head of requests (X: the command) and replies (X: the reply code): X once
+/// the three bytes are in; a wrong version is an error as soon as its byte is.
+fn head(buf: &[u8]) -> Result<Option<u8>, Socks5Error> {
+    match buf {
+        [VERSION, x, _, ..] => Ok(Some(*x)),
+        [] | [VERSION] | [VERSION, _] => Ok(None),
+        _ => Err(Socks5Error),
+    }
 }
 
 /// `ATYP ADDR PORT`; the authority, or `None` for an invalid name or port 0.

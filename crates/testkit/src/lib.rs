@@ -10,6 +10,7 @@
 //! - [`meter`]: a meter started from YAML on `127.0.0.1:0`, scraped over HTTP.
 //! - [`netns`]: network namespaces joined by a veth pair, for iptables tests (root).
 //! - [`paths`]: one crawler action per protocol path the meter serves, for test templates.
+//! - [`process`]: child processes stopped on drop, free loopback ports.
 //!
 //! The demo uses the same origins and vendors: they behave like the real thing on purpose.
 
@@ -18,4 +19,5 @@ pub mod netns;
 pub mod origin;
 pub mod paths;
 pub mod pki;
+pub mod process;
 pub mod vendor;

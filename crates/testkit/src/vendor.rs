@@ -298,6 +298,30 @@ impl FakeVendor {
             .sum()
     }
 
+    /// Whether the meter's byte counters (all series) equal this vendor's book yet.
+    pub fn books_match(&self, scrape: &pt_metrics::exposition::Scrape) -> bool {
+        scrape.sum("proxy_sent_bytes_total", &[]) == self.bytes_from_meter()
+            && scrape.sum("proxy_received_bytes_total", &[]) == self.bytes_to_meter()
+    }
+
+    /// Asserts that the meter's byte counters over the series with `labels` equal, to the
+    /// byte, what this vendor read from and wrote to the meter.
+    #[track_caller]
+    pub fn assert_metered_exactly(
+        &self,
+        scrape: &pt_metrics::exposition::Scrape,
+        labels: &[(&str, &str)],
+    ) {
+        assert_eq!(
+            (
+                scrape.sum("proxy_sent_bytes_total", labels),
+                scrape.sum("proxy_received_bytes_total", labels)
+            ),
+            (self.bytes_from_meter(), self.bytes_to_meter()),
+            "the meter's (sent, received) bytes vs the vendor's book"
+        );
+    }
+
     /// Every request seen, in arrival order.
     pub fn requests(&self) -> Vec<SeenRequest> {
         self.state.requests.lock().expect("requests").clone()
@@ -626,7 +650,8 @@ async fn misbehave(mut io: Recorder, fault: Fault) {
 }
 
 pin_project_lite::pin_project! {
-    /// The vendor side of a connection, booking every byte.
+    /// The vendor side of a connection, booking every byte. Its own wrapper rather than the
+    /// meter's `ObservedIo`: the vendor's book is what the meter's counters are checked against.
     struct Recorder {
         #[pin]
         io: TcpStream,

@@ -74,9 +74,8 @@ impl World {
     pub async fn settled(&self) -> Scrape {
         settle(|| async {
             let scrape = self.meter.scrape().await;
-            let done = scrape.sum("proxy_sent_bytes_total", &[]) == self.vendor.bytes_from_meter()
-                && scrape.sum("proxy_received_bytes_total", &[]) == self.vendor.bytes_to_meter()
-                && scrape.sum("proxy_active_tunnels", &[]) == 0;
+            let done =
+                self.vendor.books_match(&scrape) && scrape.sum("proxy_active_tunnels", &[]) == 0;
             (done, scrape)
         })
         .await

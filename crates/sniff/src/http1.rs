@@ -343,6 +343,18 @@ impl Body {
         self.state == State::Done
     }
 
+    /// How many of the next bytes belong to the body whatever they are: the rest of a
+    /// length-delimited body or of the current chunk's data, or everything until the close.
+    /// A reader may consume that many without looking at them first; 0 where the framing itself
+    /// comes next (chunk sizes, line ends, trailers) or the body is done.
+    pub fn opaque_run(&self) -> u64 {
+        match self.state {
+            State::Remaining(n) | State::Data(n) => n,
+            State::UntilClose => u64::MAX,
+            _ => 0,
+        }
+    }
+
     /// Consumes the part of `input` that belongs to the body.
     pub fn advance(&mut self, input: &[u8]) -> Result<Progress, FramingError> {
         let mut at = 0;
@@ -442,6 +454,21 @@ impl Body {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_opaque_run_is_the_data_a_reader_may_take_unseen() {
+        let mut body = Body::new(Framing::Chunked);
+        assert_eq!(body.opaque_run(), 0, "a chunk size comes first");
+        body.advance(b"1a\r\n").unwrap();
+        assert_eq!(body.opaque_run(), 26);
+        body.advance(&[b'x'; 20]).unwrap();
+        assert_eq!(body.opaque_run(), 6);
+        body.advance(&[b'x'; 6]).unwrap();
+        assert_eq!(body.opaque_run(), 0, "the CRLF after the data is framing");
+        assert_eq!(Body::new(Framing::Length(9)).opaque_run(), 9);
+        assert_eq!(Body::new(Framing::UntilClose).opaque_run(), u64::MAX);
+        assert_eq!(Body::new(Framing::Empty).opaque_run(), 0);
+    }
     use crate::Host;
 
     fn request(text: &str) -> RequestHead {

@@ -289,12 +289,7 @@ impl Responses {
     /// Looks at what has arrived without consuming it, waiting for at least one byte; 0 at the
     /// end of the stream.
     async fn peek(&mut self) -> Result<usize, CopyError> {
-        let size = match self.peeked.capacity() {
-            0 => PEEK_MIN,
-            c if self.peeked.len() == c => (c * 2).min(PEEK_MAX),
-            c => c,
-        };
-        self.peeked.resize(size, 0);
+        self.grow();
         let n = self
             .io
             .get_mut()
@@ -302,6 +297,37 @@ impl Responses {
             .await
             .map_err(CopyError::Read)?;
         self.peeked.truncate(n);
+        Ok(n)
+    }
+
+    /// Sizes the buffer: it starts small and doubles, up to a bound, while reads fill it.
+    fn grow(&mut self) {
+        let size = match self.peeked.capacity() {
+            0 => PEEK_MIN,
+            c if self.peeked.len() == c => (c * 2).min(PEEK_MAX),
+            c => c,
+        };
+        self.peeked.resize(size, 0);
+    }
+
+    /// Reads (the read counts them) and forwards at most `limit` bytes, without peeking: for
+    /// bytes known to belong to the current body. 0 at the end of the stream.
+    async fn pass<W: AsyncWrite + Unpin>(
+        &mut self,
+        limit: u64,
+        to: &mut W,
+    ) -> Result<usize, CopyError> {
+        self.grow();
+        let len = usize::try_from(limit)
+            .unwrap_or(usize::MAX)
+            .min(self.peeked.len());
+        let n = self
+            .io
+            .read(&mut self.peeked[..len])
+            .await
+            .map_err(CopyError::Read)?;
+        self.peeked.truncate(n);
+        to.write_all(&self.peeked).await.map_err(CopyError::Write)?;
         Ok(n)
     }
 
@@ -361,6 +387,18 @@ impl Responses {
         to: &mut W,
     ) -> Result<BodyEnd, CopyError> {
         while !body.is_done() {
+            // Data the framing has announced is read directly, one copy, never past its end;
+            // only framing (chunk sizes, trailers) is peeked before it is consumed.
+            let run = body.opaque_run();
+            if run > 0 {
+                let n = self.pass(run, to).await?;
+                if n == 0 {
+                    return Ok(BodyEnd::Eof);
+                }
+                // Within the run: always all consumed, never a framing error.
+                let _ = body.advance(&self.peeked[..n]);
+                continue;
+            }
             if self.peek().await? == 0 {
                 return Ok(BodyEnd::Eof);
             }

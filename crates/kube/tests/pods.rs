@@ -237,12 +237,22 @@ fn a_per_node_meter_watches_only_its_nodes_pods() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
         let (api, _index, stop) = watched(vec![], Some("node-7")).await;
-        let requests = api.requests.lock().unwrap().clone();
+        let requests = || api.requests.lock().unwrap().clone();
+        for _ in 0..200 {
+            if requests().iter().any(|u| u.contains("watch=")) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        let requests = requests();
+        let (watches, lists): (Vec<_>, Vec<_>) =
+            requests.iter().partition(|u| u.contains("watch="));
+        assert!(!lists.is_empty() && !watches.is_empty(), "{requests:?}");
         assert!(
             requests
                 .iter()
                 .all(|u| u.contains("fieldSelector=spec.nodeName%3Dnode-7")),
-            "{requests:?}"
+            "both the list and the watch are scoped to the node: {requests:?}"
         );
         stop.cancel();
     });

@@ -310,6 +310,10 @@ enum State {
     Trailer {
         total: usize,
     },
+    /// The LF ending a trailer field line.
+    TrailerLf {
+        total: usize,
+    },
     /// The final LF.
     EndLf,
 }
@@ -353,6 +357,18 @@ impl Body {
             State::UntilClose => u64::MAX,
             _ => 0,
         }
+    }
+
+    /// Consumes framing bytes (chunk sizes, line ends, trailers) up to the next byte of data or
+    /// the end of the body, and returns how many: a decoder takes the data itself, by
+    /// [`Body::opaque_run`], and gets the framing out of its way with this.
+    pub fn advance_framing(&mut self, input: &[u8]) -> Result<usize, FramingError> {
+        let mut at = 0;
+        while at < input.len() && self.opaque_run() == 0 && !self.is_done() {
+            self.step(input[at])?;
+            at += 1;
+        }
+        Ok(at)
     }
 
     /// Consumes the part of `input` that belongs to the body.
@@ -404,12 +420,12 @@ impl Body {
                         line: line + 1,
                     },
                     None if digits > 0 && byte == b'\r' => State::SizeLf { size },
-                    None if digits > 0 && (byte == b';' || byte == b' ' || byte == b'\t') => {
-                        State::Extension {
-                            size,
-                            line: line + 1,
-                        }
-                    }
+                    // Extensions start right after the size: whitespace there (`3 \r\n`) is
+                    // read differently by different parsers, so it is an error (as in Squid).
+                    None if digits > 0 && byte == b';' => State::Extension {
+                        size,
+                        line: line + 1,
+                    },
                     _ => return Err(FramingError::BadChunk),
                 }
             }
@@ -435,15 +451,16 @@ impl Body {
             },
             State::TrailerStart { .. } if byte == b'\r' => State::EndLf,
             State::TrailerStart { total } | State::Trailer { total } => {
-                if total >= MAX_TRAILER_BYTES {
+                if total >= MAX_TRAILER_BYTES || byte == b'\n' {
                     return Err(FramingError::BadChunk);
                 }
-                if byte == b'\n' {
-                    State::TrailerStart { total: total + 1 }
+                if byte == b'\r' {
+                    State::TrailerLf { total: total + 1 }
                 } else {
                     State::Trailer { total: total + 1 }
                 }
             }
+            State::TrailerLf { total } if byte == b'\n' => State::TrailerStart { total: total + 1 },
             State::EndLf if byte == b'\n' => State::Done,
             _ => return Err(FramingError::BadChunk),
         };
@@ -632,6 +649,10 @@ mod tests {
             b"\r\n",
             b"5\nhello\r\n",
             b"11111111111111111\r\n",
+            b"3 \r\nabc\r\n0\r\n\r\n",
+            b"3\t;x\r\nabc\r\n",
+            b"0\r\nX: 1\n\r\n",
+            b"0\r\n\n",
         ] {
             assert_eq!(
                 follow(Framing::Chunked, bad, 1),

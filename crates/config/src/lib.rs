@@ -239,6 +239,8 @@ pub struct SecurityConfig {
 #[derive(Clone, Debug)]
 pub struct LimitsConfig {
     pub max_connections: usize,
+    /// `None`: derived from the file-descriptor limit at start.
+    pub max_vendor_connections: Option<usize>,
     pub max_header_bytes: usize,
     pub max_headers: usize,
     pub header_read_timeout: Duration,

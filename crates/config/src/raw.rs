@@ -274,8 +274,13 @@ impl Default for RawSecurity {
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawLimits {
-    /// Client connections served at once; more are answered 503 and closed.
+    /// Client connections served at once. At the bound the longest-idle connection is closed
+    /// to make room; only when none is idle is a new one answered 503.
     pub max_connections: usize,
+    /// Connections toward vendors (every plain-HTTP request, tunnel and HTTP/2 stream needs one,
+    /// pooled ones included). Unset: what the file-descriptor limit leaves after the client
+    /// connections.
+    pub max_vendor_connections: Option<usize>,
     /// Largest request head (request line and headers) in bytes; HTTP/1.1 answers 431 above it.
     pub max_header_bytes: usize,
     /// Most request header fields (HTTP/1.1).
@@ -306,6 +311,7 @@ impl Default for RawLimits {
     fn default() -> Self {
         RawLimits {
             max_connections: 10_000,
+            max_vendor_connections: None,
             max_header_bytes: 64 * 1024,
             max_headers: 100,
             header_read_timeout: "30s".into(),
@@ -314,7 +320,7 @@ impl Default for RawLimits {
             response_timeout: "60s".into(),
             tunnel_idle_timeout: "300s".into(),
             sniff_timeout: "2s".into(),
-            h2_max_concurrent_streams: 256,
+            h2_max_concurrent_streams: 100,
             vendor_max_idle_connections: 64,
             vendor_idle_timeout: "60s".into(),
         }

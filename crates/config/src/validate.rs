@@ -592,6 +592,7 @@ fn limits(raw: &RawLimits, errors: &mut Errors) -> LimitsConfig {
     let mut d = |key: &str, text: &str| duration(errors, &format!("limits.{key}"), text, false);
     let limits = LimitsConfig {
         max_connections: raw.max_connections,
+        max_vendor_connections: raw.max_vendor_connections,
         max_header_bytes: raw.max_header_bytes,
         max_headers: raw.max_headers,
         header_read_timeout: d("header_read_timeout", &raw.header_read_timeout),
@@ -605,6 +606,9 @@ fn limits(raw: &RawLimits, errors: &mut Errors) -> LimitsConfig {
     };
     if raw.max_connections == 0 {
         errors.push("limits.max_connections", "must be at least 1");
+    }
+    if raw.max_vendor_connections == Some(0) {
+        errors.push("limits.max_vendor_connections", "must be at least 1");
     }
     // A client waiting for a slow vendor sees no bytes until the response head; the idle
     // watchdog must not close its connection before the response timeout does.

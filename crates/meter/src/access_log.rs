@@ -23,13 +23,19 @@ pub struct AccessRecord<'a> {
     pub port: u16,
     pub url: Option<&'a str>,
     pub status: Option<u16>,
+    /// How the exchange ended (see `Outcome`), with the rejection or vendor-error label and the
+    /// cause, when there was one.
     pub outcome: &'a str,
+    pub reason: Option<&'a str>,
+    pub error: Option<&'a str>,
     pub sent_bytes: u64,
     pub received_bytes: u64,
     pub duration: std::time::Duration,
     pub sni: Option<&'a str>,
     pub alpn: &'a [String],
     pub tunnel_inner: Option<&'a str>,
+    /// For tunnels: which side ended first (`client` or `vendor`).
+    pub closed_by: Option<&'a str>,
 }
 
 impl AccessRecord<'_> {
@@ -58,6 +64,12 @@ impl AccessRecord<'_> {
             number(&mut out, "status", u64::from(status));
         }
         field(&mut out, "outcome", self.outcome);
+        if let Some(reason) = self.reason {
+            field(&mut out, "reason", reason);
+        }
+        if let Some(error) = self.error {
+            field(&mut out, "error", error);
+        }
         number(&mut out, "sent_bytes", self.sent_bytes);
         number(&mut out, "received_bytes", self.received_bytes);
         // Milliseconds with microsecond resolution: plenty for a log line.
@@ -81,6 +93,9 @@ impl AccessRecord<'_> {
         }
         if let Some(inner) = self.tunnel_inner {
             field(&mut out, "tunnel_inner", inner);
+        }
+        if let Some(side) = self.closed_by {
+            field(&mut out, "closed_by", side);
         }
         out.push('}');
         out
@@ -266,6 +281,21 @@ impl AccessSink for StdoutAccessLog {
     }
 }
 
+/// `http://authority` and the path of `path_and_query`, without the query: what the access log
+/// shows of an absolute-form target.
+pub fn redact_target(authority: &str, path_and_query: &str) -> String {
+    let path = path_and_query
+        .split(['?', '#'])
+        .next()
+        .filter(|p| !p.is_empty())
+        .unwrap_or("/");
+    let mut out = String::with_capacity(7 + authority.len() + path.len());
+    out.push_str("http://");
+    out.push_str(authority);
+    out.push_str(path);
+    out
+}
+
 /// `scheme://host[:port]/path` of a URI: userinfo and query are left out.
 pub fn redact_uri(uri: &http::Uri) -> String {
     let mut out = String::new();
@@ -303,12 +333,15 @@ mod tests {
             url: Some("http://x/a\"b\\c\n"),
             status: Some(200),
             outcome: "ok",
+            reason: None,
+            error: None,
             sent_bytes: 704,
             received_bytes: 21_708,
             duration: std::time::Duration::from_micros(94_719),
             sni: Some("shop.example"),
             alpn: &alpn,
             tunnel_inner: Some("tls_h2"),
+            closed_by: Some("client"),
         };
         let line = record.to_json();
         assert!(!line.contains('\n'));
@@ -346,5 +379,10 @@ mod tests {
         assert_eq!(redact_uri(&uri), "http://shop.example.com:8080/p/a");
         let origin: http::Uri = "/only/path?q=1".parse().unwrap();
         assert_eq!(redact_uri(&origin), "/only/path");
+        assert_eq!(
+            redact_target("shop.example.com:8080", "/p/a?token=abc"),
+            "http://shop.example.com:8080/p/a"
+        );
+        assert_eq!(redact_target("h", "?q"), "http://h/");
     }
 }

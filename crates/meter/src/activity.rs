@@ -51,3 +51,64 @@ impl Activity {
         }
     }
 }
+
+pin_project_lite::pin_project! {
+    /// A socket that touches an [`Activity`] clock on every read and write that moves bytes.
+    #[derive(Debug)]
+    pub struct Touching<T> {
+        #[pin]
+        io: T,
+        clock: std::sync::Arc<Activity>,
+    }
+}
+
+impl<T> Touching<T> {
+    pub fn new(io: T, clock: std::sync::Arc<Activity>) -> Touching<T> {
+        Touching { io, clock }
+    }
+}
+
+impl<T: tokio::io::AsyncRead> tokio::io::AsyncRead for Touching<T> {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let this = self.project();
+        let before = buf.filled().len();
+        let result = this.io.poll_read(cx, buf);
+        if buf.filled().len() > before {
+            this.clock.touch();
+        }
+        result
+    }
+}
+
+impl<T: tokio::io::AsyncWrite> tokio::io::AsyncWrite for Touching<T> {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let this = self.project();
+        let result = this.io.poll_write(cx, buf);
+        if matches!(result, std::task::Poll::Ready(Ok(n)) if n > 0) {
+            this.clock.touch();
+        }
+        result
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        self.project().io.poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        self.project().io.poll_shutdown(cx)
+    }
+}

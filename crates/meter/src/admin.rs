@@ -4,7 +4,6 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -18,7 +17,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use crate::shared::Shared;
+use crate::drain::Drain;
 
 /// The content type of the OpenMetrics text format.
 pub const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -31,7 +30,7 @@ const ADMIN_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 pub async fn serve(
     listener: TcpListener,
     registry: Arc<Registry>,
-    shared: Arc<Shared>,
+    drain: Arc<Drain>,
     stop: CancellationToken,
 ) {
     let limit = Arc::new(Semaphore::new(MAX_ADMIN_CONNECTIONS));
@@ -48,12 +47,12 @@ pub async fn serve(
             continue;
         };
         let registry = registry.clone();
-        let shared = shared.clone();
+        let drain = drain.clone();
         let stop = stop.clone();
         tokio::spawn(async move {
             let _permit = permit;
             let service = service_fn(move |request: Request<Incoming>| {
-                let response = answer(&request, &registry, &shared);
+                let response = answer(&request, &registry, &drain);
                 async move { Ok::<_, Infallible>(response) }
             });
             let connection = hyper::server::conn::http1::Builder::new()
@@ -71,7 +70,7 @@ pub async fn serve(
 fn answer(
     request: &Request<Incoming>,
     registry: &Registry,
-    shared: &Shared,
+    drain: &Drain,
 ) -> Response<Full<Bytes>> {
     let text = |status: StatusCode, body: &'static str| {
         let mut response = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
@@ -94,7 +93,7 @@ fn answer(
             response
         }
         "/healthz" => text(StatusCode::OK, "ok\n"),
-        "/readyz" if shared.ready.load(Ordering::Relaxed) => text(StatusCode::OK, "ready\n"),
+        "/readyz" if drain.is_ready() => text(StatusCode::OK, "ready\n"),
         "/readyz" => text(StatusCode::SERVICE_UNAVAILABLE, "draining\n"),
         _ => text(
             StatusCode::NOT_FOUND,

@@ -1,12 +1,13 @@
 //! The one place bytes are counted: an IO wrapper on the vendor-facing socket.
 //!
-//! Every successful `poll_read` and `poll_write` adds its byte count to the [`Attribution`] the
-//! connection's [`Tally`] currently points at, so an open tunnel or a long download shows its
-//! bytes at every scrape, not only when it closes. The attribution is swappable because a pooled
-//! keep-alive connection carries many requests, from different pods and to different
-//! destinations, one after another: the forwarding code points the tally at the next request
-//! before that request's first byte is written (HTTP/1.1 without pipelining never interleaves
-//! two requests' bytes on one connection).
+//! Every successful read and write adds its byte count to the [`Attribution`] the wrapper
+//! currently points at, so an open tunnel or a long download shows its bytes at every scrape,
+//! not only when it ends. The attribution is a plain field: a vendor connection (or each half of
+//! one) is driven by exactly one task at a time, which points it at the next request before that
+//! request's first byte (a pooled keep-alive connection carries many requests, from different
+//! pods and to different destinations, one after another). So the byte path takes no lock: an
+//! add to the pod counters, an atomic load to see whether the destination is known yet, an add
+//! to it, and the request's own totals.
 //!
 //! When the wrapper is dropped, bytes that reached this host but were never read (the socket's
 //! receive queue, `FIONREAD`) are counted as received too: the vendor sent them and will bill
@@ -16,34 +17,36 @@
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll, ready};
 
 use prometheus_client::metrics::counter::Counter;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use crate::activity::Activity;
+/// A sent and a received counter.
+pub type CounterPair = (Counter, Counter);
 
 /// The counters one request or tunnel adds its vendor-socket bytes to, resolved once.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct Attribution {
-    /// Sent and received counters of the pod family; `None` when metering is off.
-    pod: Option<(Counter, Counter)>,
-    /// `None` when the destination families are off, or while a tunnel's destination is still
-    /// unknown (see [`Tally::resolve_destination`]).
-    destination: Option<(Counter, Counter)>,
+    /// The pod family; `None` when metering is off or for bytes that belong to no request.
+    pod: Option<CounterPair>,
+    /// The destination family, once known: at once for most requests, after the ClientHello for
+    /// a tunnel to an IP literal, never when the destination families are off.
+    destination: OnceLock<CounterPair>,
     sent: AtomicU64,
     received: AtomicU64,
 }
 
 impl Attribution {
-    pub fn new(
-        pod: Option<(Counter, Counter)>,
-        destination: Option<(Counter, Counter)>,
-    ) -> Attribution {
+    pub fn new(pod: Option<CounterPair>, destination: Option<CounterPair>) -> Attribution {
+        let slot = OnceLock::new();
+        if let Some(pair) = destination {
+            let _ = slot.set(pair);
+        }
         Attribution {
             pod,
-            destination,
+            destination: slot,
             sent: AtomicU64::new(0),
             received: AtomicU64::new(0),
         }
@@ -59,10 +62,23 @@ impl Attribution {
         self.received.load(Ordering::Relaxed)
     }
 
-    /// Takes over bytes counted elsewhere (whose pod counters already hold them): into this
-    /// attribution's destination counters and totals.
-    fn absorb(&self, sent: u64, received: u64) {
-        if let Some((destination_sent, destination_received)) = &self.destination {
+    /// Sets the destination counters, moving the bytes counted so far into them; a destination
+    /// already set stays. Call it from the task that drives the connection, so that no byte is
+    /// counted between the move and the switch.
+    pub fn resolve_destination(&self, pair: CounterPair) {
+        if self.destination.set(pair).is_ok()
+            && let Some((sent, received)) = self.destination.get()
+        {
+            sent.inc_by(self.sent());
+            received.inc_by(self.received());
+        }
+    }
+
+    /// Takes over bytes counted, under the same pod, before this attribution existed (a SOCKS5
+    /// greeting before the CONNECT it leads to): into its destination counters and its totals.
+    pub fn absorb(&self, earlier: &Attribution) {
+        let (sent, received) = (earlier.sent(), earlier.received());
+        if let Some((destination_sent, destination_received)) = self.destination.get() {
             destination_sent.inc_by(sent);
             destination_received.inc_by(received);
         }
@@ -70,113 +86,24 @@ impl Attribution {
         self.received.fetch_add(received, Ordering::Relaxed);
     }
 
-    fn add_sent(&self, n: u64) {
+    pub fn add_sent(&self, n: u64) {
         if let Some((sent, _)) = &self.pod {
             sent.inc_by(n);
         }
-        if let Some((sent, _)) = &self.destination {
+        if let Some((sent, _)) = self.destination.get() {
             sent.inc_by(n);
         }
         self.sent.fetch_add(n, Ordering::Relaxed);
     }
 
-    fn add_received(&self, n: u64) {
+    pub fn add_received(&self, n: u64) {
         if let Some((_, received)) = &self.pod {
             received.inc_by(n);
         }
-        if let Some((_, received)) = &self.destination {
+        if let Some((_, received)) = self.destination.get() {
             received.inc_by(n);
         }
         self.received.fetch_add(n, Ordering::Relaxed);
-    }
-}
-
-/// The attribution slots and activity clock of one vendor connection.
-///
-/// Sent and received bytes have a slot each. The meter's own forwarding path moves both together
-/// ([`Tally::attribute_to`]); a captured HTTP/1.1 connection (transparent mode) on which the
-/// crawler pipelines requests moves the sent slot when the next request starts and the received
-/// slot when the next response does.
-#[derive(Debug)]
-pub struct Tally {
-    sent: Mutex<Arc<Attribution>>,
-    received: Mutex<Arc<Attribution>>,
-    pub activity: Activity,
-}
-
-// Poisoning cannot leave an `Arc` half-written; keep counting (metering fails open).
-fn lock(slot: &Mutex<Arc<Attribution>>) -> std::sync::MutexGuard<'_, Arc<Attribution>> {
-    slot.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-impl Tally {
-    pub fn new(attribution: Arc<Attribution>) -> Arc<Tally> {
-        Arc::new(Tally {
-            sent: Mutex::new(attribution.clone()),
-            received: Mutex::new(attribution),
-            activity: Activity::default(),
-        })
-    }
-
-    /// Points the connection at the next request. Bytes from now on count there.
-    pub fn attribute_to(&self, next: Arc<Attribution>) {
-        *lock(&self.sent) = next.clone();
-        *lock(&self.received) = next;
-    }
-
-    /// Points the connection at `next`, which takes over the bytes counted so far outside any
-    /// request (a SOCKS5 greeting and authentication, before the CONNECT they lead to).
-    pub fn hand_over_to(&self, next: Arc<Attribution>) {
-        let mut sent = lock(&self.sent);
-        let mut received = lock(&self.received);
-        next.absorb(sent.sent(), received.received());
-        *sent = next.clone();
-        *received = next;
-    }
-
-    /// Points only the sending direction at the next request.
-    pub fn attribute_sent_to(&self, next: Arc<Attribution>) {
-        *lock(&self.sent) = next;
-    }
-
-    /// Points only the receiving direction at the next response's request.
-    pub fn attribute_received_to(&self, next: Arc<Attribution>) {
-        *lock(&self.received) = next;
-    }
-
-    /// Gives the current attribution destination counters, moving the bytes counted so far into
-    /// them, atomically with respect to the byte path. Returns the new attribution, which both
-    /// directions then count to.
-    pub fn resolve_destination(&self, sent: Counter, received: Counter) -> Arc<Attribution> {
-        // Always sent before received, so two resolutions cannot deadlock.
-        let mut sent_slot = lock(&self.sent);
-        let mut received_slot = lock(&self.received);
-        let before = &**sent_slot;
-        let next = Arc::new(Attribution {
-            pod: before.pod.clone(),
-            destination: Some((sent.clone(), received.clone())),
-            sent: AtomicU64::new(before.sent()),
-            received: AtomicU64::new(before.received()),
-        });
-        sent.inc_by(before.sent());
-        received.inc_by(before.received());
-        *sent_slot = next.clone();
-        *received_slot = next.clone();
-        next
-    }
-
-    fn sent(&self, n: usize) {
-        if n > 0 {
-            lock(&self.sent).add_sent(n as u64);
-            self.activity.touch();
-        }
-    }
-
-    fn received(&self, n: u64) {
-        if n > 0 {
-            lock(&self.received).add_received(n);
-            self.activity.touch();
-        }
     }
 }
 
@@ -210,74 +137,79 @@ impl UnreadBytes for tokio::io::DuplexStream {
     }
 }
 
-/// What an observed socket reports its byte counts to.
-pub trait Observer {
-    fn read(&self, n: usize);
-    fn wrote(&self, n: usize);
-    /// The socket is being dropped; `unread` tells how many received bytes were never read.
-    fn closing(&self, _unread: impl FnOnce() -> u64) {}
-}
-
-/// Vendor sockets: every byte counts toward the current attribution, unread ones included.
-impl Observer for Arc<Tally> {
-    fn read(&self, n: usize) {
-        self.received(n as u64);
-    }
-    fn wrote(&self, n: usize) {
-        self.sent(n);
-    }
-    fn closing(&self, unread: impl FnOnce() -> u64) {
-        self.received(unread());
-    }
-}
-
-/// Client sockets: only when bytes last moved, for the idle watchdog.
-impl Observer for Arc<Activity> {
-    fn read(&self, _: usize) {
-        self.touch();
-    }
-    fn wrote(&self, _: usize) {
-        self.touch();
-    }
-}
-
 pin_project_lite::pin_project! {
-    /// A socket whose every read and write is reported to its [`Observer`].
+    /// A vendor-facing socket whose every read and write is counted; see the module docs.
     #[derive(Debug)]
-    pub struct ObservedIo<T: UnreadBytes, O: Observer> {
+    pub struct MeteredIo<T: UnreadBytes> {
         #[pin]
         io: T,
-        observer: O,
+        attribution: Arc<Attribution>,
     }
 
-    impl<T: UnreadBytes, O: Observer> PinnedDrop for ObservedIo<T, O> {
+    impl<T: UnreadBytes> PinnedDrop for MeteredIo<T> {
         fn drop(this: Pin<&mut Self>) {
             let this = this.project();
-            let io = this.io;
-            this.observer.closing(|| io.unread_bytes());
+            this.attribution.add_received(this.io.unread_bytes());
         }
     }
 }
 
-/// A vendor-facing socket whose every read and write is counted; see the module docs.
-pub type MeteredIo<T> = ObservedIo<T, Arc<Tally>>;
-
-impl<T: UnreadBytes, O: Observer> ObservedIo<T, O> {
-    pub fn new(io: T, observer: O) -> ObservedIo<T, O> {
-        ObservedIo { io, observer }
+impl<T: UnreadBytes> MeteredIo<T> {
+    pub fn new(io: T, attribution: Arc<Attribution>) -> MeteredIo<T> {
+        MeteredIo { io, attribution }
     }
 
-    pub fn observer(&self) -> &O {
-        &self.observer
+    /// Points the socket at the next request: bytes from now on count there.
+    pub fn attribute_to(&mut self, next: Arc<Attribution>) {
+        self.attribution = next;
     }
 
-    /// The wrapped socket, for peeking: reading through it would bypass counting.
+    pub fn attribution(&self) -> &Arc<Attribution> {
+        &self.attribution
+    }
+
+    /// The wrapped socket, for peeking and socket options: reading through it would bypass
+    /// counting.
+    pub fn get_ref(&self) -> &T {
+        &self.io
+    }
+
+    /// The wrapped socket, for peeking (which leaves the bytes to be read, and counted, later).
     pub fn get_mut(&mut self) -> &mut T {
         &mut self.io
     }
 }
 
-impl<T: AsyncRead + UnreadBytes, O: Observer> AsyncRead for ObservedIo<T, O> {
+/// A vendor connection as two counted halves, so that each direction can be driven (and
+/// pointed at a request) on its own: the request pump writes while the response pump reads.
+#[derive(Debug)]
+pub struct MeteredStream {
+    pub read: MeteredIo<tokio::net::tcp::OwnedReadHalf>,
+    pub write: MeteredIo<tokio::net::tcp::OwnedWriteHalf>,
+}
+
+impl MeteredStream {
+    pub fn new(stream: tokio::net::TcpStream, attribution: Arc<Attribution>) -> MeteredStream {
+        let (read, write) = stream.into_split();
+        MeteredStream {
+            read: MeteredIo::new(read, attribution.clone()),
+            write: MeteredIo::new(write, attribution),
+        }
+    }
+
+    /// Points both directions at the next request.
+    pub fn attribute_to(&mut self, next: &Arc<Attribution>) {
+        self.read.attribute_to(next.clone());
+        self.write.attribute_to(next.clone());
+    }
+
+    /// The socket, for socket options and for peeking.
+    pub fn socket(&self) -> &tokio::net::TcpStream {
+        self.read.get_ref().as_ref()
+    }
+}
+
+impl<T: AsyncRead + UnreadBytes> AsyncRead for MeteredIo<T> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -286,12 +218,15 @@ impl<T: AsyncRead + UnreadBytes, O: Observer> AsyncRead for ObservedIo<T, O> {
         let this = self.project();
         let before = buf.filled().len();
         ready!(this.io.poll_read(cx, buf))?;
-        this.observer.read(buf.filled().len() - before);
+        let n = buf.filled().len() - before;
+        if n > 0 {
+            this.attribution.add_received(n as u64);
+        }
         Poll::Ready(Ok(()))
     }
 }
 
-impl<T: AsyncWrite + UnreadBytes, O: Observer> AsyncWrite for ObservedIo<T, O> {
+impl<T: AsyncWrite + UnreadBytes> AsyncWrite for MeteredIo<T> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -299,7 +234,7 @@ impl<T: AsyncWrite + UnreadBytes, O: Observer> AsyncWrite for ObservedIo<T, O> {
     ) -> Poll<io::Result<usize>> {
         let this = self.project();
         let n = ready!(this.io.poll_write(cx, buf))?;
-        this.observer.wrote(n);
+        this.attribution.add_sent(n as u64);
         Poll::Ready(Ok(n))
     }
 
@@ -310,7 +245,7 @@ impl<T: AsyncWrite + UnreadBytes, O: Observer> AsyncWrite for ObservedIo<T, O> {
     ) -> Poll<io::Result<usize>> {
         let this = self.project();
         let n = ready!(this.io.poll_write_vectored(cx, bufs))?;
-        this.observer.wrote(n);
+        this.attribution.add_sent(n as u64);
         Poll::Ready(Ok(n))
     }
 
@@ -364,15 +299,14 @@ mod tests {
                 let (first, first_sent, first_received) = attribution();
                 let (second, second_sent, second_received) = attribution();
                 let (near, far) = tokio::io::duplex(1 << 20);
-                let tally = Tally::new(first.clone());
-                let mut metered = MeteredIo::new(near, tally.clone());
+                let mut metered = MeteredIo::new(near, first.clone());
                 let (mut far_read, mut far_write) = tokio::io::split(far);
 
                 let total: usize = writes.iter().sum();
                 let mut expected_first = 0;
                 for (i, &n) in writes.iter().enumerate() {
                     if i == switch_after {
-                        tally.attribute_to(second.clone());
+                        metered.attribute_to(second.clone());
                     }
                     metered.write_all(&vec![7u8; n]).await.unwrap();
                     if i < switch_after {
@@ -409,12 +343,13 @@ mod tests {
         runtime().block_on(async {
             let (first, pod_sent, _) = attribution();
             let (near, mut far) = tokio::io::duplex(1024);
-            let tally = Tally::new(first);
-            let mut metered = MeteredIo::new(near, tally.clone());
+            let mut metered = MeteredIo::new(near, first.clone());
             let handshake = b"CONNECT 10.0.0.1:443 HTTP/1.1\r\n\r\n";
             metered.write_all(handshake).await.unwrap();
             let (dest_sent, dest_received) = (Counter::default(), Counter::default());
-            let resolved = tally.resolve_destination(dest_sent.clone(), dest_received.clone());
+            first.resolve_destination((dest_sent.clone(), dest_received.clone()));
+            // A second resolution changes nothing.
+            first.resolve_destination((Counter::default(), Counter::default()));
             metered.write_all(b"hello").await.unwrap();
             far.write_all(b"abc").await.unwrap();
             let mut buf = [0u8; 3];
@@ -422,7 +357,7 @@ mod tests {
             let expected = (handshake.len() + b"hello".len()) as u64;
             assert_eq!(dest_sent.get(), expected);
             assert_eq!(pod_sent.get(), expected);
-            assert_eq!(resolved.sent(), expected);
+            assert_eq!(first.sent(), expected);
             assert_eq!(dest_received.get(), 3);
         });
     }
@@ -435,29 +370,17 @@ mod tests {
             let (attr, _, received) = attribution();
             let client = tokio::net::TcpStream::connect(addr).await.unwrap();
             let (mut server, _) = listener.accept().await.unwrap();
-            let metered = MeteredIo::new(client, Tally::new(attr));
+            let metered = MeteredStream::new(client, attr);
             server.write_all(&[1u8; 5000]).await.unwrap();
             server.flush().await.unwrap();
             // Wait until all 5000 bytes sit in the client's receive queue.
             let deadline = std::time::Instant::now() + Duration::from_secs(5);
-            while metered.io.unread_bytes() < 5000 {
+            while metered.read.get_ref().unread_bytes() < 5000 {
                 assert!(std::time::Instant::now() < deadline, "bytes never arrived");
                 tokio::task::yield_now().await;
             }
             drop(metered);
             assert_eq!(received.get(), 5000);
         });
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn idle_time_restarts_at_every_byte() {
-        let (attr, _, _) = attribution();
-        let (near, _far) = tokio::io::duplex(64);
-        let tally = Tally::new(attr);
-        let mut metered = MeteredIo::new(near, tally.clone());
-        tokio::time::advance(Duration::from_secs(5)).await;
-        assert_eq!(tally.activity.idle_for(), Duration::from_secs(5));
-        metered.write_all(b"x").await.unwrap();
-        assert_eq!(tally.activity.idle_for(), Duration::ZERO);
     }
 }

@@ -4,24 +4,88 @@
 //! label handles once (the byte path only adds to them), counts the request exactly once — when
 //! the response head or tunnel verdict arrives, or on failure, or, if neither happened, when it is
 //! dropped — and writes the access-log line when it is dropped, with the bytes its
-//! [`Attribution`] saw.
+//! [`Attribution`] saw and one [`Outcome`]. Callers drop the vendor socket before the exchange,
+//! so that the bytes still unread at close (counted by the socket wrapper) are in the line too.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use pt_metrics::caps::Name;
 use pt_metrics::labels::{
-    DestinationLabels, LatencyLabels, PodIdentity, PodLabels, Protocol, RequestLabels, StatusClass,
-    TunnelInner, UpstreamErrorReason,
+    DestinationLabels, LatencyLabels, PodIdentity, PodLabels, Protocol, RejectReason,
+    RequestLabels, StatusClass, TunnelInner, UpstreamErrorReason,
 };
 use pt_sniff::Host;
 use pt_sniff::destination::IP_LITERAL;
 use tokio::time::Instant;
 
 use crate::access_log::AccessRecord;
-use crate::counting_io::{Attribution, Tally};
-use crate::failure::Failure;
-use crate::shared::Shared;
+use crate::counting_io::Attribution;
+use crate::failure::{Error, Failure};
+use crate::metering::Metering;
+
+/// How a request or tunnel ended: the access log's `outcome`, documented in docs/metrics.md.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Answered with the vendor's (or destination's) status, and completed.
+    Ok,
+    /// Refused by the meter before anything was forwarded (`reason`: the rejection).
+    Rejected,
+    /// The vendor leg failed before an answer; the meter answered 502, 503 or 504 itself.
+    VendorError,
+    /// The vendor refused the tunnel or the credentials; the client got the refusal.
+    VendorRefused,
+    /// The vendor closed or failed without answering, and no status reached the client
+    /// (a captured connection: the crawler sees the close).
+    VendorClosed,
+    /// The answer started, then the vendor cut it short (a reset, a body shorter than
+    /// announced, a TLS record cut in half).
+    VendorCut,
+    /// The client went away before the answer.
+    ClientGone,
+    /// The client went away after the answer started (an aborted download).
+    ClientCut,
+    /// The client's request body broke its framing mid-way.
+    BadFraming,
+    /// Closed by an idle timeout.
+    Idle,
+    /// Ended by the meter's shutdown after the grace period.
+    Shutdown,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::Rejected => "rejected",
+            Outcome::VendorError => "vendor_error",
+            Outcome::VendorRefused => "vendor_refused",
+            Outcome::VendorClosed => "vendor_closed",
+            Outcome::VendorCut => "vendor_cut",
+            Outcome::ClientGone => "client_gone",
+            Outcome::ClientCut => "client_cut",
+            Outcome::BadFraming => "bad_framing",
+            Outcome::Idle => "idle",
+            Outcome::Shutdown => "shutdown",
+        }
+    }
+}
+
+/// Which side ended a tunnel first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Side {
+    Client,
+    Vendor,
+}
+
+impl Side {
+    fn as_str(self) -> &'static str {
+        match self {
+            Side::Client => "client",
+            Side::Vendor => "vendor",
+        }
+    }
+}
 
 /// The destination label of an exchange.
 #[derive(Debug, Clone)]
@@ -32,10 +96,23 @@ enum Destination {
     Pending,
 }
 
+/// What an exchange is created from.
+#[derive(Debug)]
+pub struct ExchangeSpec<'a> {
+    pub vendor: Name,
+    pub identity: PodIdentity,
+    pub protocol: Protocol,
+    pub host: &'a Host,
+    pub port: u16,
+    pub method: &'a str,
+    pub url: Option<String>,
+    pub client: SocketAddr,
+}
+
 /// See the module documentation.
 #[derive(Debug)]
 pub struct Exchange {
-    shared: Arc<Shared>,
+    metering: Arc<Metering>,
     pub vendor: Name,
     identity: PodIdentity,
     protocol: Protocol,
@@ -48,87 +125,68 @@ pub struct Exchange {
     attribution: Arc<Attribution>,
     started: Instant,
     status: Option<u16>,
-    failure: Option<Failure>,
-    outcome: &'static str,
+    outcome: Outcome,
+    reason: Option<&'static str>,
+    error: Option<String>,
     counted: bool,
     destination_counted: bool,
-    pub sni: Option<String>,
-    pub alpn: Vec<String>,
-    pub inner: Option<TunnelInner>,
-}
-
-/// Everything an exchange is created from.
-#[derive(Debug)]
-pub struct ExchangeSpec {
-    pub vendor: Name,
-    pub identity: PodIdentity,
-    pub protocol: Protocol,
-    pub host: Host,
-    pub port: u16,
-    pub method: String,
-    pub url: Option<String>,
-    pub client: SocketAddr,
+    sni: Option<String>,
+    alpn: Vec<String>,
+    inner: Option<TunnelInner>,
+    closed_by: Option<Side>,
 }
 
 impl Exchange {
     /// Resolves the label handles of a new exchange. A tunnel to an IP literal gets its
     /// destination later, from SNI ([`Exchange::resolve_destination`]).
-    pub fn new(shared: Arc<Shared>, spec: ExchangeSpec, started: Instant) -> Exchange {
-        let metrics = &shared.metrics;
-        let metering = shared.config.metrics.metering;
-        let pod = PodLabels::new(&spec.vendor, &spec.identity);
-        let destination = match (shared.config.metrics.destination_key, &spec.host) {
-            _ if !metering => Destination::Known(None),
-            (None, _) => Destination::Known(None),
-            (Some(_), Host::V4(_) | Host::V6(_))
-                if matches!(spec.protocol, Protocol::Connect | Protocol::Socks5) =>
-            {
-                Destination::Pending
-            }
-            (Some(key), host) => {
-                Destination::Known(metrics.destination(&spec.vendor, &key.of(host)))
-            }
+    pub fn new(metering: Arc<Metering>, spec: ExchangeSpec<'_>) -> Exchange {
+        let tunnel = matches!(spec.protocol, Protocol::Connect | Protocol::Socks5);
+        let destination = if !metering.has_destinations() {
+            Destination::Known(None)
+        } else if tunnel && spec.host.ip().is_some() {
+            Destination::Pending
+        } else {
+            Destination::Known(metering.destination(&spec.vendor, spec.host))
         };
         let destination_counters = match &destination {
             Destination::Known(Some(name)) => {
-                Some(shared.destination_byte_counters(&spec.vendor, name))
+                Some(metering.destination_counters(&spec.vendor, name))
             }
             _ => None,
         };
-        let pod_counters = metering.then(|| {
+        let pod = PodLabels::new(&spec.vendor, &spec.identity);
+        let pod_counters = metering.pod_counters(&pod);
+        if metering.enabled() {
             // Create the 2xx request series now, at zero, so `increase()` sees its first request.
-            let _ = metrics.requests.get_or_create(&RequestLabels::new(
-                pod.clone(),
+            let _ = metering.metrics.requests.get_or_create(&RequestLabels::new(
+                pod,
                 spec.protocol,
                 StatusClass::Success,
             ));
-            (
-                metrics.sent_bytes.get_or_create_owned(&pod),
-                metrics.received_bytes.get_or_create_owned(&pod),
-            )
-        });
-        let attribution = Arc::new(Attribution::new(pod_counters, destination_counters));
+        }
         Exchange {
+            attribution: Arc::new(Attribution::new(pod_counters, destination_counters)),
+            metering,
             vendor: spec.vendor,
             identity: spec.identity,
             protocol: spec.protocol,
             destination,
             host: spec.host.to_string(),
             port: spec.port,
-            method: spec.method,
+            method: spec.method.to_owned(),
             url: spec.url,
             client: spec.client,
-            attribution,
-            started,
+            started: Instant::now(),
             status: None,
-            failure: None,
-            outcome: "ok",
+            outcome: Outcome::Ok,
+            reason: None,
+            error: None,
             counted: false,
             destination_counted: false,
             sni: None,
             alpn: Vec::new(),
             inner: None,
-            shared,
+            closed_by: None,
         }
     }
 
@@ -137,73 +195,128 @@ impl Exchange {
         &self.attribution
     }
 
+    /// The `proxy_active_tunnels` gauge of this exchange's vendor (`None` when metering is off).
+    pub fn active_tunnel_gauge(&self) -> Option<prometheus_client::metrics::gauge::Gauge> {
+        self.metering.enabled().then(|| {
+            self.metering.metrics.active_tunnels.get_or_create_owned(
+                &pt_metrics::labels::VendorLabels {
+                    proxy_vendor: self.vendor.clone(),
+                },
+            )
+        })
+    }
+
     /// Counts the exchange with the status its client receives from the vendor.
     pub fn responded(&mut self, status: u16) {
         if self.counted {
             return;
         }
         self.status = Some(status);
-        if !self.shared.config.metrics.metering {
-            self.counted = true;
-            return;
+        if self.metering.enabled() {
+            self.metering
+                .metrics
+                .request_duration
+                .get_or_create(&LatencyLabels {
+                    proxy_vendor: self.vendor.clone(),
+                    protocol: self.protocol,
+                })
+                .observe(self.started.elapsed().as_secs_f64());
         }
-        self.shared
-            .metrics
-            .request_duration
-            .get_or_create(&LatencyLabels {
-                proxy_vendor: self.vendor.clone(),
-                protocol: self.protocol,
-            })
-            .observe(self.started.elapsed().as_secs_f64());
         self.count(StatusClass::of(status));
     }
 
-    /// Records a failure: before the response head it decides the status the client gets;
-    /// after it (a body cut short), it is only logged and counted as an upstream error.
-    pub fn failed(&mut self, failure: Failure) {
-        if let Some(reason) = failure.upstream_reason()
-            && self.shared.config.metrics.metering
+    /// Records a failure. Before the answer it decides the status the client gets; after it (a
+    /// body cut short), it only sets the outcome. The vendor's faults are counted in
+    /// `proxy_upstream_errors_total`, the meter's refusals in `proxy_rejected_requests_total`; a
+    /// refusal that forwarded nothing (a `direct` name that resolved to a refused address) is not
+    /// a request carried to the vendor and is not counted as one.
+    pub fn failed(&mut self, error: &Error) {
+        let failure = error.failure;
+        self.error = error.cause.as_ref().map(ToString::to_string);
+        self.reason = Some(failure.reason());
+        if let Some(reason) = failure.upstream_reason() {
+            self.metering.upstream_error(&self.vendor, reason);
+        }
+        if let Some(reason) = failure.reject_reason()
+            && self.metering.enabled()
         {
-            self.shared.metrics.upstream_error(&self.vendor, reason);
+            self.metering.metrics.reject(reason);
         }
-        self.outcome = failure.reason();
-        self.failure = Some(failure);
-        if !self.counted {
-            let class = match failure {
-                Failure::ClientGone => StatusClass::Error,
-                f => {
-                    self.status = Some(f.status().as_u16());
-                    StatusClass::of(f.status().as_u16())
-                }
-            };
-            self.count(class);
-        }
-    }
-
-    /// Counts an exchange whose response never came because the vendor connection ended (a
-    /// captured connection: the crawler sees the close, not a status from the meter).
-    pub fn vendor_went_away(&mut self, reason: UpstreamErrorReason) {
+        let bad_framing = failure == Failure::Rejected(RejectReason::BadFraming);
         if self.counted {
+            self.outcome = match failure {
+                _ if bad_framing => Outcome::BadFraming,
+                Failure::ClientGone => Outcome::ClientCut,
+                Failure::Upstream(UpstreamErrorReason::TunnelIdle) => Outcome::Idle,
+                _ => Outcome::VendorCut,
+            };
             return;
         }
-        if self.shared.config.metrics.metering {
-            self.shared.metrics.upstream_error(&self.vendor, reason);
+        let status = failure.status();
+        self.status = Some(status);
+        self.outcome = match failure {
+            _ if bad_framing => Outcome::BadFraming,
+            Failure::ClientGone => Outcome::ClientGone,
+            Failure::Rejected(_) | Failure::Malformed(_) => {
+                self.counted = true;
+                self.destination_counted = true;
+                self.outcome = Outcome::Rejected;
+                return;
+            }
+            Failure::TunnelRefused(_) | Failure::Upstream(UpstreamErrorReason::VendorAuth) => {
+                Outcome::VendorRefused
+            }
+            Failure::Upstream(_) => Outcome::VendorError,
+        };
+        if failure == Failure::ClientGone {
+            self.status = None;
+            self.count(StatusClass::Error);
+        } else {
+            self.count(StatusClass::of(status));
         }
-        self.outcome = reason.as_str();
-        self.count(StatusClass::Error);
     }
 
-    /// Marks how the exchange ended when it is not a failure of the vendor leg.
-    pub fn set_outcome(&mut self, outcome: &'static str) {
+    /// Counts an exchange the vendor refused with `status` (a SOCKS5 reply other than success,
+    /// refused credentials), as the crawler received it.
+    pub fn vendor_refused(&mut self, status: u16, reason: UpstreamErrorReason) {
+        self.metering.upstream_error(&self.vendor, reason);
+        self.reason = Some(reason.as_str());
+        self.outcome = Outcome::VendorRefused;
+        self.status = Some(status);
+        if !self.counted {
+            self.count(StatusClass::of(status));
+        }
+    }
+
+    /// Counts an exchange that got no answer because the vendor closed or failed first, where
+    /// the meter gives no status of its own (a captured connection: the crawler sees the close).
+    pub fn vendor_went_away(&mut self, reason: UpstreamErrorReason) {
+        self.metering.upstream_error(&self.vendor, reason);
+        self.reason = Some(reason.as_str());
+        if self.counted {
+            self.outcome = Outcome::VendorCut;
+            return;
+        }
+        self.outcome = Outcome::VendorClosed;
+        self.count(StatusClass::NoResponse);
+    }
+
+    /// Marks a tunnel or exchange ended by an idle timeout or by the meter's shutdown.
+    pub fn ended_by(&mut self, outcome: Outcome) {
         self.outcome = outcome;
+    }
+
+    /// Records which side of a tunnel ended it first.
+    pub fn closed_by(&mut self, side: Side) {
+        self.closed_by.get_or_insert(side);
     }
 
     fn count(&mut self, class: StatusClass) {
         self.counted = true;
-        if !self.shared.config.metrics.metering {
+        if !self.metering.enabled() {
             return;
         }
-        self.shared
+        self.metering
             .metrics
             .requests
             .get_or_create(&RequestLabels::new(
@@ -221,8 +334,10 @@ impl Exchange {
         }
         if let Destination::Known(name) = &self.destination {
             self.destination_counted = true;
-            if let Some(name) = name {
-                self.shared
+            if let Some(name) = name
+                && self.metering.enabled()
+            {
+                self.metering
                     .metrics
                     .destination_requests
                     .get_or_create(&DestinationLabels {
@@ -234,25 +349,29 @@ impl Exchange {
         }
     }
 
-    /// Whether the destination waits for SNI.
-    pub fn destination_pending(&self) -> bool {
-        matches!(self.destination, Destination::Pending)
+    /// Records what a tunnel's client spoke (from its ClientHello) and settles a pending
+    /// destination: the SNI host, or the IP-literal value when none came. Bytes counted so far
+    /// move to it. Call it from the task that drives the tunnel.
+    pub fn sniffed(&mut self, inner: TunnelInner, sni: Option<&Host>, alpn: Vec<String>) {
+        self.inner = Some(inner);
+        self.sni = sni.map(ToString::to_string);
+        self.alpn = alpn;
+        self.metering.tunnel(&self.vendor, inner);
+        self.resolve_destination(sni);
     }
 
-    /// Settles a pending destination (the SNI host, or the IP-literal value when none came)
-    /// and moves the bytes counted so far to it.
-    pub fn resolve_destination(&mut self, tally: &Tally, sni: Option<&Host>) {
-        if !self.destination_pending() {
+    /// Settles a pending destination: the SNI host, or the IP-literal value without one.
+    pub fn resolve_destination(&mut self, sni: Option<&Host>) {
+        if !matches!(self.destination, Destination::Pending) {
             return;
         }
-        let key = match (sni, self.shared.config.metrics.destination_key) {
-            (Some(host), Some(key)) => key.of(host),
-            _ => IP_LITERAL.to_owned(),
+        let name = match sni {
+            Some(host) => self.metering.destination(&self.vendor, host),
+            None => self.metering.destination_named(&self.vendor, IP_LITERAL),
         };
-        let name = self.shared.metrics.destination(&self.vendor, &key);
         if let Some(name) = &name {
-            let (sent, received) = self.shared.destination_byte_counters(&self.vendor, name);
-            self.attribution = tally.resolve_destination(sent, received);
+            let counters = self.metering.destination_counters(&self.vendor, name);
+            self.attribution.resolve_destination(counters);
         }
         self.destination = Destination::Known(name);
         self.count_destination();
@@ -262,25 +381,14 @@ impl Exchange {
 impl Drop for Exchange {
     fn drop(&mut self) {
         if !self.counted {
-            self.outcome = if self.outcome == "ok" {
-                "client_gone"
-            } else {
-                self.outcome
-            };
+            if self.outcome == Outcome::Ok {
+                self.outcome = Outcome::ClientGone;
+            }
             self.count(StatusClass::Error);
         }
-        if self.destination_pending() {
-            // No ClientHello was ever sniffed (the tunnel failed first): the CONNECT target IP.
-            let name = self.shared.metrics.destination(&self.vendor, IP_LITERAL);
-            if let Some(name) = &name {
-                let (sent, received) = self.shared.destination_byte_counters(&self.vendor, name);
-                sent.inc_by(self.attribution.sent());
-                received.inc_by(self.attribution.received());
-            }
-            self.destination = Destination::Known(name);
-            self.count_destination();
-        }
-        if !self.shared.config.access_log || !self.shared.config.metrics.metering {
+        // No ClientHello was ever sniffed (the tunnel failed first): the CONNECT target IP.
+        self.resolve_destination(None);
+        if !self.metering.logs() {
             return;
         }
         let record = AccessRecord {
@@ -294,14 +402,17 @@ impl Drop for Exchange {
             port: self.port,
             url: self.url.as_deref(),
             status: self.status,
-            outcome: self.outcome,
+            outcome: self.outcome.as_str(),
+            reason: self.reason,
+            error: self.error.as_deref(),
             sent_bytes: self.attribution.sent(),
             received_bytes: self.attribution.received(),
             duration: self.started.elapsed(),
             sni: self.sni.as_deref(),
             alpn: &self.alpn,
             tunnel_inner: self.inner.map(TunnelInner::as_str),
+            closed_by: self.closed_by.map(Side::as_str),
         };
-        self.shared.access_log.write_line(record.to_json());
+        self.metering.write_line(&record);
     }
 }

@@ -1,68 +1,71 @@
 //! Classification of everything that can go wrong with a request, done once.
 //!
 //! A [`Failure`] is a small `Copy` value naming the side at fault. One function maps it to the
-//! HTTP status the client receives and another to the metric label, so the answer and the
-//! telemetry cannot disagree. Messages sent to clients are built from the classification and from
-//! values the meter has already validated (vendor names, parsed hosts); they never contain
-//! credentials, header values or the text of lower-level errors.
+//! status the client receives and another to the metric label, so the answer and the telemetry
+//! cannot disagree. An [`Error`] keeps the cause (the socket error, say) beside its
+//! classification, all the way to the exchange's one access-log line. Messages sent to clients
+//! are built from the classification and from values the meter has already validated (vendor
+//! names); they never contain credentials, header values or the text of lower-level errors.
 
-use bytes::Bytes;
-use http::{HeaderValue, Response, StatusCode, header};
-use http_body_util::{BodyExt, Full};
+use std::io;
+
 use pt_metrics::labels::{RejectReason, UpstreamErrorReason};
-
-use crate::ProxyBody;
+use pt_sniff::request::RequestError;
 
 /// Why a request did not get (or finish) a normal answer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Failure {
     /// The meter refused the client's request; nothing was forwarded.
     Rejected(RejectReason),
+    /// The client's request head was malformed (with its own status: 400, 414, 431, 417, 505).
+    Malformed(RequestError),
     /// The vendor leg failed.
     Upstream(UpstreamErrorReason),
     /// The vendor refused a CONNECT with this status (other than 407).
-    TunnelRefused(StatusCode),
-    /// The client went away or sent a broken body; no answer can reach it.
+    TunnelRefused(u16),
+    /// The client went away or its connection failed; no answer can reach it.
     ClientGone,
 }
 
 impl Failure {
     /// The status answered to the client.
-    pub fn status(self) -> StatusCode {
+    pub fn status(self) -> u16 {
         match self {
             Failure::Rejected(reason) => match reason {
-                RejectReason::BadRequest | RejectReason::UnknownVendor | RejectReason::NoVendor => {
-                    StatusCode::BAD_REQUEST
-                }
-                RejectReason::AuthRequired | RejectReason::AuthFailed => {
-                    StatusCode::PROXY_AUTHENTICATION_REQUIRED
-                }
+                RejectReason::BadRequest
+                | RejectReason::BadFraming
+                | RejectReason::UnknownVendor
+                | RejectReason::NoVendor => 400,
+                RejectReason::HeadTooLarge => 431,
+                RejectReason::AuthRequired | RejectReason::AuthFailed => 407,
                 RejectReason::SourceNotAllowed
                 | RejectReason::PortNotAllowed
                 | RejectReason::DestinationNotAllowed
-                | RejectReason::Loop => StatusCode::FORBIDDEN,
-                RejectReason::Overloaded | RejectReason::ShuttingDown => {
-                    StatusCode::SERVICE_UNAVAILABLE
-                }
+                | RejectReason::Loop => 403,
+                RejectReason::Overloaded
+                | RejectReason::ShuttingDown
+                | RejectReason::VendorConnectionLimit => 503,
             },
+            Failure::Malformed(error) => error.status(),
             Failure::Upstream(reason) => match reason {
-                UpstreamErrorReason::ConnectTimeout | UpstreamErrorReason::Timeout => {
-                    StatusCode::GATEWAY_TIMEOUT
-                }
-                _ => StatusCode::BAD_GATEWAY,
+                UpstreamErrorReason::ConnectTimeout | UpstreamErrorReason::Timeout => 504,
+                UpstreamErrorReason::LocalResources => 503,
+                _ => 502,
             },
             Failure::TunnelRefused(status) => status,
-            Failure::ClientGone => StatusCode::BAD_REQUEST,
+            Failure::ClientGone => 400,
         }
     }
 
-    /// The `reason` label value (and the `X-Proxy-Telemetry-Error` header of error answers).
-    pub fn reason(self) -> &'static str {
+    /// The refusal label, when the meter refused.
+    pub fn reject_reason(self) -> Option<RejectReason> {
         match self {
-            Failure::Rejected(r) => r.as_str(),
-            Failure::Upstream(r) => r.as_str(),
-            Failure::TunnelRefused(_) => UpstreamErrorReason::TunnelRefused.as_str(),
-            Failure::ClientGone => "client_gone",
+            Failure::Rejected(r) => Some(r),
+            Failure::Malformed(e) if matches!(e.status(), 414 | 431) => {
+                Some(RejectReason::HeadTooLarge)
+            }
+            Failure::Malformed(_) => Some(RejectReason::BadRequest),
+            _ => None,
         }
     }
 
@@ -75,6 +78,15 @@ impl Failure {
         }
     }
 
+    /// The `reason` label value (and the `X-Proxy-Telemetry-Error` header of error answers).
+    pub fn reason(self) -> &'static str {
+        match (self.reject_reason(), self.upstream_reason()) {
+            (Some(r), _) => r.as_str(),
+            (_, Some(r)) => r.as_str(),
+            _ => "client_gone",
+        }
+    }
+
     /// A human sentence for the error body, with the vendor name when one was chosen.
     pub fn explain(self, vendor: Option<&str>) -> String {
         let via = vendor.map(|v| format!(" via {v}")).unwrap_or_default();
@@ -82,19 +94,25 @@ impl Failure {
         match self {
             Failure::Rejected(r) => match r {
                 RejectReason::BadRequest => "malformed request, or a form this forward proxy does not serve (use absolute-form http:// URLs or CONNECT)".into(),
+                RejectReason::HeadTooLarge => "the request head is larger than the limit".into(),
+                RejectReason::BadFraming => "the request body's chunked framing is malformed".into(),
                 RejectReason::UnknownVendor => "the requested proxy vendor is not configured".into(),
                 RejectReason::NoVendor => "no proxy vendor was named and no default is configured".into(),
                 RejectReason::AuthRequired => "proxy authentication required".into(),
                 RejectReason::AuthFailed => "proxy authentication failed".into(),
                 RejectReason::SourceNotAllowed => "this client address may not use the proxy".into(),
                 RejectReason::PortNotAllowed => "the destination port is not allowed".into(),
-                RejectReason::DestinationNotAllowed => "the destination address is not allowed (loopback, private, link-local or reserved)".into(),
-                RejectReason::Overloaded => "the meter is at its connection limit".into(),
-                RejectReason::ShuttingDown => "the meter is shutting down".into(),
-                RejectReason::Loop => "the connection would loop back into the meter".into(),
+                RejectReason::DestinationNotAllowed => "the destination address is not allowed".into(),
+                RejectReason::Loop => "the destination is this proxy itself".into(),
+                RejectReason::Overloaded => "the proxy is at its connection limit".into(),
+                RejectReason::ShuttingDown => "the proxy is shutting down".into(),
+                RejectReason::VendorConnectionLimit => "the proxy is at its limit of vendor connections".into(),
             },
+            Failure::Malformed(error) => format!("malformed request: {error}"),
             Failure::Upstream(r) => match r {
                 UpstreamErrorReason::ConnectRefused => format!("{vendor} refused the connection"),
+                UpstreamErrorReason::Unreachable => format!("{vendor} is unreachable"),
+                UpstreamErrorReason::LocalResources => "the proxy could not open a connection (out of resources)".into(),
                 UpstreamErrorReason::ConnectTimeout => format!("connecting to {vendor} timed out"),
                 UpstreamErrorReason::Resolve => format!("the destination name did not resolve{via}"),
                 UpstreamErrorReason::VendorAuth => format!("{vendor} rejected the meter's credentials (407)"),
@@ -105,66 +123,63 @@ impl Failure {
                 UpstreamErrorReason::TunnelIdle => "the tunnel was idle too long".into(),
             },
             Failure::TunnelRefused(status) => {
-                format!("{vendor} refused the tunnel with status {}", status.as_u16())
+                format!("{vendor} refused the tunnel with status {status}")
             }
             Failure::ClientGone => "the client request failed".into(),
         }
     }
 
-    /// The answer to the client: the status, a plain-text explanation and the reason header.
-    pub fn response(self, vendor: Option<&str>) -> http::Response<ProxyBody> {
-        let body = format!("proxy-telemetry: {}\n", self.explain(vendor));
-        let mut response = Response::new(
-            Full::new(Bytes::from(body))
-                .map_err(|never| match never {})
-                .boxed_unsync(),
-        );
-        *response.status_mut() = self.status();
-        let headers = response.headers_mut();
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("text/plain; charset=utf-8"),
-        );
-        headers.insert(
-            "x-proxy-telemetry-error",
-            HeaderValue::from_static(self.reason()),
-        );
-        if matches!(
+    /// Whether the answer carries a `Proxy-Authenticate` challenge.
+    pub fn challenges(self) -> bool {
+        matches!(
             self,
             Failure::Rejected(RejectReason::AuthRequired | RejectReason::AuthFailed)
-        ) {
-            headers.insert(
-                header::PROXY_AUTHENTICATE,
-                HeaderValue::from_static("Basic realm=\"proxy-telemetry\""),
-            );
-        }
-        response
+        )
     }
 }
 
-/// Maps a connect-phase IO error to its reason.
-pub fn classify_connect(error: &std::io::Error) -> UpstreamErrorReason {
-    use std::io::ErrorKind::*;
-    match error.kind() {
-        TimedOut => UpstreamErrorReason::ConnectTimeout,
-        ConnectionRefused => UpstreamErrorReason::ConnectRefused,
+/// A failure with what caused it.
+#[derive(Debug, thiserror::Error)]
+#[error("{}{}", failure.reason(), cause.as_ref().map(|c| format!(": {c}")).unwrap_or_default())]
+pub struct Error {
+    pub failure: Failure,
+    #[source]
+    pub cause: Option<io::Error>,
+}
+
+impl Error {
+    pub fn new(failure: Failure, cause: io::Error) -> Error {
+        Error {
+            failure,
+            cause: Some(cause),
+        }
+    }
+}
+
+impl From<Failure> for Error {
+    fn from(failure: Failure) -> Error {
+        Error {
+            failure,
+            cause: None,
+        }
+    }
+}
+
+/// Maps a connect-phase error (socket creation or `connect`) to its reason.
+pub fn classify_connect(error: &io::Error) -> UpstreamErrorReason {
+    use rustix::io::Errno;
+    if error.kind() == io::ErrorKind::TimedOut {
+        return UpstreamErrorReason::ConnectTimeout;
+    }
+    match error.raw_os_error().map(Errno::from_raw_os_error) {
+        Some(Errno::HOSTUNREACH | Errno::NETUNREACH | Errno::ADDRNOTAVAIL | Errno::NETDOWN) => {
+            UpstreamErrorReason::Unreachable
+        }
+        Some(Errno::MFILE | Errno::NFILE | Errno::NOBUFS | Errno::NOMEM) => {
+            UpstreamErrorReason::LocalResources
+        }
         _ => UpstreamErrorReason::ConnectRefused,
     }
-}
-
-/// Maps a hyper client error (after the connection was established) to its reason.
-pub fn classify_hyper(error: &hyper::Error) -> Failure {
-    if error.is_user() || error.is_body_write_aborted() {
-        // Our request body (the client's) failed or the client went away.
-        return Failure::ClientGone;
-    }
-    if error.is_parse() || error.is_parse_status() || error.is_parse_too_large() {
-        return Failure::Upstream(UpstreamErrorReason::Protocol);
-    }
-    if error.is_timeout() {
-        return Failure::Upstream(UpstreamErrorReason::Timeout);
-    }
-    Failure::Upstream(UpstreamErrorReason::Reset)
 }
 
 #[cfg(test)]
@@ -189,10 +204,26 @@ mod tests {
                 403,
                 "destination_not_allowed",
             ),
+            (Failure::Rejected(RejectReason::Loop), 403, "loop"),
             (
                 Failure::Rejected(RejectReason::Overloaded),
                 503,
                 "overloaded",
+            ),
+            (
+                Failure::Rejected(RejectReason::VendorConnectionLimit),
+                503,
+                "vendor_connection_limit",
+            ),
+            (
+                Failure::Malformed(RequestError::LineTooLong),
+                414,
+                "head_too_large",
+            ),
+            (
+                Failure::Malformed(RequestError::LengthAndCoding),
+                400,
+                "bad_request",
             ),
             (
                 Failure::Upstream(UpstreamErrorReason::VendorAuth),
@@ -200,36 +231,47 @@ mod tests {
                 "vendor_auth",
             ),
             (
-                Failure::Upstream(UpstreamErrorReason::ConnectRefused),
-                502,
-                "connect_refused",
+                Failure::Upstream(UpstreamErrorReason::LocalResources),
+                503,
+                "local_resources",
             ),
             (
                 Failure::Upstream(UpstreamErrorReason::Timeout),
                 504,
                 "timeout",
             ),
-            (Failure::Upstream(UpstreamErrorReason::Reset), 502, "reset"),
-            (
-                Failure::TunnelRefused(StatusCode::FORBIDDEN),
-                403,
-                "tunnel_refused",
-            ),
+            (Failure::TunnelRefused(403), 403, "tunnel_refused"),
+            (Failure::ClientGone, 400, "client_gone"),
         ];
         for (failure, status, reason) in cases {
-            assert_eq!(failure.status().as_u16(), status, "{failure:?}");
+            assert_eq!(failure.status(), status, "{failure:?}");
             assert_eq!(failure.reason(), reason, "{failure:?}");
-            let response = failure.response(Some("vendor-a"));
-            assert_eq!(response.status().as_u16(), status);
-            assert_eq!(response.headers()["x-proxy-telemetry-error"], reason);
         }
     }
 
     #[test]
-    fn a_vendor_407_never_carries_the_vendors_challenge() {
-        let response =
-            Failure::Upstream(UpstreamErrorReason::VendorAuth).response(Some("vendor-a"));
-        assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
-        assert!(response.headers().get(header::PROXY_AUTHENTICATE).is_none());
+    fn connect_errors_name_their_cause() {
+        let os = |errno: rustix::io::Errno| io::Error::from_raw_os_error(errno.raw_os_error());
+        use rustix::io::Errno;
+        assert_eq!(
+            classify_connect(&os(Errno::CONNREFUSED)),
+            UpstreamErrorReason::ConnectRefused
+        );
+        assert_eq!(
+            classify_connect(&os(Errno::HOSTUNREACH)),
+            UpstreamErrorReason::Unreachable
+        );
+        assert_eq!(
+            classify_connect(&os(Errno::MFILE)),
+            UpstreamErrorReason::LocalResources
+        );
+        let error = Error::new(
+            Failure::Upstream(UpstreamErrorReason::ConnectRefused),
+            os(Errno::CONNREFUSED),
+        );
+        assert!(
+            error.to_string().starts_with("connect_refused: "),
+            "{error}"
+        );
     }
 }

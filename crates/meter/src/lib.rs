@@ -5,59 +5,69 @@
 //! and counts every request and every byte per vendor, pod and destination.
 //!
 //! The design in one paragraph: bytes are counted in one place, [`counting_io::MeteredIo`] on the
-//! vendor-facing socket, on every read and write; label handles are resolved once per request
-//! ([`exchange::Exchange`]) so the byte path only adds to atomics. Plain-HTTP requests use the
-//! meter's own keep-alive pool ([`pool`]) so a pooled connection's bytes are attributed to the
-//! request using it. Metering fails open (caps fold labels into `other`, a full log queue drops
-//! lines, nothing blocks traffic); security fails closed (no open proxy, no private
-//! destinations, credentials only on the vendor leg, [`policy`]).
+//! vendor-facing socket, on every read and write, into label handles resolved once per request
+//! ([`exchange::Exchange`]), without a lock. Every front end ([`http1`], [`h2`], [`transparent`])
+//! describes its requests the same way and passes them through one lifecycle ([`lifecycle`]):
+//! admit, route, policy, exchange, outcome, with refusals counted in one place. Tunnels of every
+//! kind go through one relay ([`relay`]). Plain-HTTP requests use the meter's own keep-alive pool
+//! ([`vendor::pool`]) so a pooled connection's bytes are attributed to the request using it.
+//! Everything is bounded, and a bound reclaims idle resources before it refuses work
+//! ([`slots`], [`vendor`]). Metering fails open (caps fold labels into `other`, a full log queue
+//! drops lines, nothing blocks traffic); security fails closed (no open proxy, no private
+//! destinations, never the meter itself, credentials only on the vendor leg, [`policy`]).
+//!
+//! The module graph reads top-down: [`listener`] → [`http1`] / [`h2`] → [`lifecycle`],
+//! [`tunnel`] → [`relay`], [`vendor`] → [`exchange`] → [`metering`] → [`counting_io`].
 //!
 //! Entry point: [`start`], which binds the listeners and returns a [`RunningMeter`].
 
 pub mod access_log;
 mod activity;
 mod admin;
-mod admission;
-mod body;
-mod copy;
+mod context;
 pub mod counting_io;
+mod drain;
 mod exchange;
 pub mod failure;
-mod forward;
+mod h2;
+mod http1;
 pub mod identity;
+mod lifecycle;
+mod listener;
+mod metering;
 mod outbound;
 mod policy;
-mod pool;
+mod relay;
 mod routing;
-mod server;
-mod shared;
+mod slots;
 mod transparent;
 mod tunnel;
 mod vendor;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use bytes::Bytes;
 use prometheus_client::registry::Registry;
 use pt_config::MeterConfig;
 use pt_metrics::{Metrics, MetricsOptions, Name};
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 pub use access_log::{AccessSink, MemoryAccessLog, NoAccessLog, StdoutAccessLog};
 pub use admin::OPENMETRICS;
 
-/// The body type of every answer the meter gives a client.
-pub type ProxyBody = http_body_util::combinators::UnsyncBoxBody<Bytes, hyper::Error>;
+use context::Context;
+use drain::Drain;
+use metering::Metering;
+use policy::OwnAddresses;
 
 /// After the grace period, how long aborted tunnels and connections get to unwind (their
 /// sockets close and the last unread bytes are counted) before the admin endpoint stops.
 const ABORT_SETTLE: Duration = Duration::from_secs(1);
+/// File descriptors kept out of the connection bounds: listeners, the admin endpoint, the
+/// runtime's own, name resolution, the access log, a Kubernetes watch.
+const RESERVED_FDS: usize = 64;
 
 /// Failure to start.
 #[derive(Debug, thiserror::Error)]
@@ -79,13 +89,15 @@ pub struct RunningMeter {
     /// Bound transparent listener addresses, in config order.
     pub transparent_addresses: Vec<SocketAddr>,
     pub admin_address: SocketAddr,
+    /// The bounds in force: client connections and vendor connections.
+    pub connection_limits: (usize, usize),
     registry: Arc<Registry>,
-    shared: Arc<Shared>,
+    ctx: Arc<Context>,
+    grace_period: Duration,
+    final_scrape_delay: Duration,
     admin_stop: CancellationToken,
     admin_task: tokio::task::JoinHandle<()>,
 }
-
-use shared::Shared;
 
 /// Binds every listener and starts serving, with the pod resolver the config describes.
 pub async fn start(
@@ -94,6 +106,52 @@ pub async fn start(
 ) -> Result<RunningMeter, StartError> {
     let identity = identity::resolver(&config.identity).ok_or(StartError::NoPodResolver)?;
     start_with(config, access_log, identity).await
+}
+
+/// The connection bounds: the configured ones, within what the file-descriptor limit allows
+/// (raised to its hard limit first, as nginx's `worker_rlimit_nofile` would).
+fn connection_limits(config: &MeterConfig) -> (usize, usize) {
+    let fds = raise_fd_limit();
+    let usable = fds.saturating_sub(RESERVED_FDS).max(2);
+    let clients = config.limits.max_connections.min(usable / 2).max(1);
+    if clients < config.limits.max_connections {
+        tracing::warn!(
+            configured = config.limits.max_connections,
+            allowed = clients,
+            fd_limit = fds,
+            "limits.max_connections lowered to half of what the file-descriptor limit allows"
+        );
+    }
+    let room = usable.saturating_sub(clients).max(1);
+    let vendors = match config.limits.max_vendor_connections {
+        Some(configured) if configured > room => {
+            tracing::warn!(
+                configured,
+                allowed = room,
+                fd_limit = fds,
+                "limits.max_vendor_connections lowered to what the file-descriptor limit allows"
+            );
+            room
+        }
+        Some(configured) => configured,
+        None => room,
+    };
+    (clients, vendors)
+}
+
+/// Raises the soft limit on open files to the hard limit; returns the limit in force.
+fn raise_fd_limit() -> usize {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    let mut raised = limit;
+    raised.current = limit.maximum;
+    let current = if raised.current != limit.current && setrlimit(Resource::Nofile, raised).is_ok()
+    {
+        limit.maximum
+    } else {
+        limit.current
+    };
+    current.map_or(usize::MAX, |n| usize::try_from(n).unwrap_or(usize::MAX))
 }
 
 /// Binds every listener and starts serving, resolving pods with `identity`.
@@ -126,76 +184,81 @@ pub async fn start_with(
         transparent_listeners.push(bind(address).await?);
     }
     let admin_listener = bind(config.admin_address).await?;
-
-    let vendors = config
-        .vendors
+    let local =
+        |listener: &TcpListener, fallback: SocketAddr| listener.local_addr().unwrap_or(fallback);
+    let admin_address = local(&admin_listener, config.admin_address);
+    let proxy_addresses: Vec<SocketAddr> = listeners
         .iter()
-        .map(|v| vendor::Vendor::new(v.clone(), config.limits.vendor_idle_timeout))
+        .map(|(listener, _)| local(listener, config.admin_address))
         .collect();
+    let transparent_addresses: Vec<SocketAddr> = transparent_listeners
+        .iter()
+        .zip(&config.transparent.listeners)
+        .map(|(listener, &configured)| local(listener, configured))
+        .collect();
+
+    let mut own = proxy_addresses.clone();
+    own.extend(&transparent_addresses);
+    own.push(admin_address);
+    let own = Arc::new(OwnAddresses::new(own));
     let outbound = Arc::new(outbound::Outbound::new(config.transparent.outbound_mark));
-    let shared = Arc::new(Shared {
-        router: routing::Router::new(&config),
-        identity,
-        outbound: outbound.clone(),
-        metrics,
-        vendors,
-        access_log,
-        draining: CancellationToken::new(),
-        stopped: CancellationToken::new(),
-        tasks: TaskTracker::new(),
-        ready: AtomicBool::new(true),
-        config,
+    let (max_clients, max_vendor_connections) = connection_limits(&config);
+    let ctx = Arc::new(Context {
+        gate: lifecycle::Gate::new(&config, identity, own.clone()),
+        metering: Arc::new(Metering::new(
+            metrics,
+            access_log,
+            config.metrics.metering,
+            config.access_log,
+            config.metrics.destination_key,
+        )),
+        vendors: vendor::Vendors::new(
+            &config.vendors,
+            &config.limits,
+            max_vendor_connections,
+            config.security.clone(),
+            outbound.clone(),
+            own,
+        ),
+        drain: Arc::new(Drain::default()),
+        slots: slots::Slots::new(max_clients),
+        allowed_sources: config.clients.allowed_sources.clone(),
+        limits: config.limits.clone(),
     });
 
     let registry = Arc::new(registry);
-    let admin_address = local_address(&admin_listener, shared.config.admin_address);
     let admin_stop = CancellationToken::new();
     let admin_task = tokio::spawn(admin::serve(
         admin_listener,
         registry.clone(),
-        shared.clone(),
+        ctx.drain.clone(),
         admin_stop.clone(),
     ));
-
-    let builder = Arc::new(server::http_builder(&shared.config.limits));
-    let limit = Arc::new(Semaphore::new(shared.config.limits.max_connections));
-    let mut proxy_addresses = Vec::new();
     for (listener, vendor) in listeners {
-        proxy_addresses.push(local_address(&listener, shared.config.admin_address));
-        tokio::spawn(server::accept_loop(
-            shared.clone(),
-            listener,
-            vendor,
-            limit.clone(),
-            builder.clone(),
-        ));
+        tokio::spawn(listener::accept_loop(ctx.clone(), listener, vendor));
     }
-    let transparent_addresses: Vec<SocketAddr> = transparent_listeners
-        .iter()
-        .zip(&shared.config.transparent.listeners)
-        .map(|(listener, &configured)| local_address(listener, configured))
-        .collect();
     if !transparent_listeners.is_empty() {
         let state = Arc::new(transparent::Transparent {
-            endpoints: transparent::Endpoints::new(&shared.config.vendors),
+            endpoints: transparent::Endpoints::new(&config.vendors),
             outbound,
             listeners: transparent_addresses.clone(),
+            meter_unmatched: config.transparent.meter_unmatched,
         });
         if state.endpoints.has_names() {
             // Resolve once before serving, so the first captured connections are recognised.
-            let _ = tokio::time::timeout(
-                shared.config.limits.connect_timeout,
-                state.endpoints.refresh(),
-            )
-            .await;
-            tokio::spawn(refresh_endpoints(shared.clone(), state.clone()));
+            let _ = tokio::time::timeout(config.limits.connect_timeout, state.endpoints.refresh())
+                .await;
+            tokio::spawn(refresh_endpoints(
+                ctx.clone(),
+                state.clone(),
+                config.transparent.resolve_interval,
+            ));
         }
         for listener in transparent_listeners {
             tokio::spawn(transparent::accept_loop(
-                shared.clone(),
+                ctx.clone(),
                 state.clone(),
                 listener,
-                limit.clone(),
             ));
         }
     }
@@ -203,26 +266,29 @@ pub async fn start_with(
         proxy_addresses,
         transparent_addresses,
         admin_address,
+        connection_limits: (max_clients, max_vendor_connections),
         registry,
-        shared,
+        ctx,
+        grace_period: config.shutdown.grace_period,
+        final_scrape_delay: config.shutdown.final_scrape_delay,
         admin_stop,
         admin_task,
     })
 }
 
-/// Resolves vendor endpoint names again every `transparent.resolve_interval` until draining.
-async fn refresh_endpoints(shared: Arc<Shared>, state: Arc<transparent::Transparent>) {
+/// Resolves vendor endpoint names again every `interval` until draining.
+async fn refresh_endpoints(
+    ctx: Arc<Context>,
+    state: Arc<transparent::Transparent>,
+    interval: Duration,
+) {
     loop {
         tokio::select! {
-            () = tokio::time::sleep(shared.config.transparent.resolve_interval) => {}
-            () = shared.draining.cancelled() => return,
+            () = tokio::time::sleep(interval) => {}
+            () = ctx.drain.draining.cancelled() => return,
         }
         state.endpoints.refresh().await;
     }
-}
-
-fn local_address(listener: &TcpListener, fallback: SocketAddr) -> SocketAddr {
-    listener.local_addr().unwrap_or(fallback)
 }
 
 impl RunningMeter {
@@ -236,19 +302,17 @@ impl RunningMeter {
 
     /// Whether `/readyz` answers 200.
     pub fn is_ready(&self) -> bool {
-        self.shared.ready.load(Ordering::Relaxed)
+        self.ctx.drain.is_ready()
     }
 
     /// Drains and stops: readiness goes false and listeners close at once; requests and tunnels
     /// in flight may finish during the grace period; then whatever remains is closed, and after
     /// `final_scrape_delay` the admin endpoint stops too.
     pub async fn shutdown(self) {
-        let shared = &self.shared;
-        shared.ready.store(false, Ordering::Relaxed);
-        shared.draining.cancel();
-        shared.tasks.close();
-        let grace = shared.config.shutdown.grace_period;
-        if tokio::time::timeout(grace, shared.tasks.wait())
+        let drain = &self.ctx.drain;
+        drain.start();
+        let grace = self.grace_period;
+        if tokio::time::timeout(grace, drain.tasks.wait())
             .await
             .is_err()
         {
@@ -256,11 +320,11 @@ impl RunningMeter {
                 ?grace,
                 "grace period over; closing the remaining connections and tunnels"
             );
-            shared.stopped.cancel();
-            let _ = tokio::time::timeout(ABORT_SETTLE, shared.tasks.wait()).await;
+            drain.stopped.cancel();
+            let _ = tokio::time::timeout(ABORT_SETTLE, drain.tasks.wait()).await;
         }
-        shared.access_log.flush();
-        tokio::time::sleep(shared.config.shutdown.final_scrape_delay).await;
+        self.ctx.metering.flush();
+        tokio::time::sleep(self.final_scrape_delay).await;
         self.admin_stop.cancel();
         let _ = self.admin_task.await;
     }

@@ -6,9 +6,9 @@
 //! refused with 400 rather than silently routed elsewhere: a crawler that asked for vendor X and
 //! got billed by vendor Y is worse than a crawler that got an error.
 
+use std::collections::HashMap;
+
 use base64::Engine;
-use http::HeaderMap;
-use http::header::PROXY_AUTHORIZATION;
 use pt_config::{Fallback, MeterConfig, VendorIndex};
 use pt_metrics::labels::RejectReason;
 use rand::distr::Distribution;
@@ -34,18 +34,17 @@ impl std::fmt::Debug for ClientCredentials {
 /// Longest username accepted: a Kubernetes namespace (63) + '/' + pod name (253).
 const MAX_USERNAME_LEN: usize = 63 + 1 + 253;
 
-/// Reads `Proxy-Authorization: Basic ...`. `Ok(None)` when absent; an error when present but
-/// unusable (several values, another scheme, bad base64, no ':', control characters).
-pub fn client_credentials(headers: &HeaderMap) -> Result<Option<ClientCredentials>, Failure> {
-    let mut values = headers.get_all(PROXY_AUTHORIZATION).iter();
-    let Some(value) = values.next() else {
-        return Ok(None);
+/// Reads `Proxy-Authorization: Basic ...` from the field's values. `Ok(None)` when absent; an
+/// error when present but unusable (several values, another scheme, bad base64, no ':',
+/// control characters).
+pub fn client_credentials(values: &[&[u8]]) -> Result<Option<ClientCredentials>, Failure> {
+    let value = match values {
+        [] => return Ok(None),
+        [one] => *one,
+        _ => return Err(Failure::Rejected(RejectReason::AuthFailed)),
     };
     let bad = Failure::Rejected(RejectReason::AuthFailed);
-    if values.next().is_some() {
-        return Err(bad);
-    }
-    let value = value.to_str().map_err(|_| bad)?;
+    let value = std::str::from_utf8(value).map_err(|_| bad)?;
     let (scheme, token) = value.trim().split_once(' ').ok_or(bad)?;
     if !scheme.eq_ignore_ascii_case("basic") {
         return Err(bad);
@@ -64,12 +63,12 @@ pub fn client_credentials(headers: &HeaderMap) -> Result<Option<ClientCredential
     }))
 }
 
-/// Checks the client's password when the config requires one.
+/// Checks the client's password when one is required.
 pub fn authenticate(
-    config: &MeterConfig,
+    expected: Option<&SecretString>,
     credentials: Option<&ClientCredentials>,
 ) -> Result<(), Failure> {
-    let Some(expected) = &config.clients.password else {
+    let Some(expected) = expected else {
         return Ok(());
     };
     let Some(credentials) = credentials else {
@@ -97,6 +96,10 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 /// A vendor-selection table built once from the config.
 #[derive(Debug)]
 pub struct Router {
+    /// Lower-case vendor names, by index.
+    names: Vec<String>,
+    usernames: HashMap<String, VendorIndex>,
+    fallback: Fallback,
     weighted: Option<(Vec<VendorIndex>, WeightedIndex<u32>)>,
 }
 
@@ -111,41 +114,48 @@ impl Router {
             }
             _ => None,
         };
-        Router { weighted }
+        Router {
+            names: config
+                .vendors
+                .iter()
+                .map(|v| v.name.to_ascii_lowercase())
+                .collect(),
+            usernames: config.routing.usernames.clone(),
+            fallback: config.routing.fallback.clone(),
+            weighted,
+        }
     }
 
-    /// Chooses the vendor; see the module documentation for the order.
+    /// Chooses the vendor; see the module documentation for the order. `header` holds the
+    /// values of the vendor-selection header (empty when absent or when selection by header is
+    /// off).
     pub fn choose(
         &self,
-        config: &MeterConfig,
         listener_vendor: Option<VendorIndex>,
-        headers: &HeaderMap,
+        header: &[&[u8]],
         username: Option<&str>,
     ) -> Result<VendorIndex, Failure> {
         if let Some(vendor) = listener_vendor {
             return Ok(vendor);
         }
-        if let Some(name) = &config.routing.vendor_header {
-            let mut values = headers.get_all(name.as_str()).iter();
-            if let Some(value) = values.next() {
-                if values.next().is_some() {
-                    return Err(Failure::Rejected(RejectReason::BadRequest));
-                }
-                let wanted = value
-                    .to_str()
+        match header {
+            [] => {}
+            [value] => {
+                let wanted = std::str::from_utf8(value)
                     .map_err(|_| Failure::Rejected(RejectReason::UnknownVendor))?
                     .trim();
-                return config
-                    .vendors
+                return self
+                    .names
                     .iter()
-                    .position(|v| v.name.eq_ignore_ascii_case(wanted))
+                    .position(|v| v.eq_ignore_ascii_case(wanted))
                     .ok_or(Failure::Rejected(RejectReason::UnknownVendor));
             }
+            _ => return Err(Failure::Rejected(RejectReason::BadRequest)),
         }
-        if let Some(vendor) = username.and_then(|u| config.routing.usernames.get(u)) {
+        if let Some(vendor) = username.and_then(|u| self.usernames.get(u)) {
             return Ok(*vendor);
         }
-        match &config.routing.fallback {
+        match &self.fallback {
             Fallback::Vendor(v) => Ok(*v),
             Fallback::Weighted(_) => match &self.weighted {
                 Some((vendors, index)) => Ok(vendors[index.sample(&mut rand::rng())]),
@@ -159,7 +169,6 @@ impl Router {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http::HeaderValue;
 
     fn config(extra: &str) -> MeterConfig {
         let text = format!(
@@ -168,14 +177,9 @@ mod tests {
         pt_config::load_str(&text, &Default::default()).unwrap()
     }
 
-    fn basic(user_pass: &str) -> HeaderMap {
-        let mut headers = HeaderMap::new();
+    fn basic(user_pass: &str) -> String {
         let token = base64::engine::general_purpose::STANDARD.encode(user_pass);
-        headers.insert(
-            PROXY_AUTHORIZATION,
-            HeaderValue::from_str(&format!("Basic {token}")).unwrap(),
-        );
-        headers
+        format!("Basic {token}")
     }
 
     #[test]
@@ -183,37 +187,26 @@ mod tests {
         let config =
             config("routing:\n  default_vendor: vendor-a\n  usernames: {team-b: vendor-b}\n");
         let router = Router::new(&config);
-        let mut headers = HeaderMap::new();
-        assert_eq!(router.choose(&config, None, &headers, None), Ok(0));
-        assert_eq!(
-            router.choose(&config, None, &headers, Some("team-b")),
-            Ok(1)
-        );
-        headers.insert("x-proxy-vendor", HeaderValue::from_static("Vendor-A"));
-        assert_eq!(
-            router.choose(&config, None, &headers, Some("team-b")),
-            Ok(0)
-        );
-        assert_eq!(router.choose(&config, Some(1), &headers, None), Ok(1));
+        assert_eq!(router.choose(None, &[], None), Ok(0));
+        assert_eq!(router.choose(None, &[], Some("team-b")), Ok(1));
+        assert_eq!(router.choose(None, &[b"Vendor-A"], Some("team-b")), Ok(0));
+        assert_eq!(router.choose(Some(1), &[b"vendor-a"], None), Ok(1));
     }
 
     #[test]
     fn an_unknown_or_repeated_vendor_header_is_refused() {
         let config = config("");
         let router = Router::new(&config);
-        let mut headers = HeaderMap::new();
         assert_eq!(
-            router.choose(&config, None, &headers, None),
+            router.choose(None, &[], None),
             Err(Failure::Rejected(RejectReason::NoVendor))
         );
-        headers.insert("x-proxy-vendor", HeaderValue::from_static("vendor-z"));
         assert_eq!(
-            router.choose(&config, None, &headers, None),
+            router.choose(None, &[b"vendor-z"], None),
             Err(Failure::Rejected(RejectReason::UnknownVendor))
         );
-        headers.append("x-proxy-vendor", HeaderValue::from_static("vendor-a"));
         assert_eq!(
-            router.choose(&config, None, &headers, None),
+            router.choose(None, &[b"vendor-z", b"vendor-a"], None),
             Err(Failure::Rejected(RejectReason::BadRequest))
         );
     }
@@ -222,10 +215,9 @@ mod tests {
     fn weights_spread_requests_in_proportion() {
         let config = config("routing:\n  weights: {vendor-a: 1, vendor-b: 3}\n");
         let router = Router::new(&config);
-        let headers = HeaderMap::new();
         let draws = 20_000;
         let b = (0..draws)
-            .filter(|_| router.choose(&config, None, &headers, None) == Ok(1))
+            .filter(|_| router.choose(None, &[], None) == Ok(1))
             .count();
         // Expected 15,000; the binomial standard deviation is about 61, so ±600 is ~10 sigma.
         assert!(
@@ -236,32 +228,30 @@ mod tests {
 
     #[test]
     fn basic_credentials_are_parsed_strictly() {
-        let creds = client_credentials(&basic("crawlers/pod-1:s3cret"))
-            .unwrap()
-            .unwrap();
+        let value = basic("crawlers/pod-1:s3cret");
+        let creds = client_credentials(&[value.as_bytes()]).unwrap().unwrap();
         assert_eq!(creds.username, "crawlers/pod-1");
         assert!(!format!("{creds:?}").contains("s3cret"));
-        assert!(client_credentials(&HeaderMap::new()).unwrap().is_none());
-        let mut bearer = HeaderMap::new();
-        bearer.insert(PROXY_AUTHORIZATION, HeaderValue::from_static("Bearer abc"));
-        assert!(client_credentials(&bearer).is_err());
-        assert!(client_credentials(&basic("no-colon")).is_err());
+        assert!(client_credentials(&[]).unwrap().is_none());
+        assert!(client_credentials(&[b"Bearer abc"]).is_err());
+        assert!(client_credentials(&[basic("no-colon").as_bytes()]).is_err());
+        assert!(client_credentials(&[value.as_bytes(), value.as_bytes()]).is_err());
     }
 
     #[test]
     fn the_client_password_is_required_when_configured() {
-        let mut config = config("");
-        config.clients.password = Some(SecretString::from("open sesame".to_owned()));
-        let good = client_credentials(&basic("any:open sesame")).unwrap();
-        let bad = client_credentials(&basic("any:open sesam")).unwrap();
-        assert_eq!(authenticate(&config, good.as_ref()), Ok(()));
+        let expected = SecretString::from("open sesame".to_owned());
+        let good = client_credentials(&[basic("any:open sesame").as_bytes()]).unwrap();
+        let bad = client_credentials(&[basic("any:open sesam").as_bytes()]).unwrap();
+        assert_eq!(authenticate(Some(&expected), good.as_ref()), Ok(()));
         assert_eq!(
-            authenticate(&config, bad.as_ref()),
+            authenticate(Some(&expected), bad.as_ref()),
             Err(Failure::Rejected(RejectReason::AuthFailed))
         );
         assert_eq!(
-            authenticate(&config, None),
+            authenticate(Some(&expected), None),
             Err(Failure::Rejected(RejectReason::AuthRequired))
         );
+        assert_eq!(authenticate(None, None), Ok(()));
     }
 }

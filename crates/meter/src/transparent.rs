@@ -13,8 +13,9 @@
 //! - SOCKS5 ([`socks5`]): every CONNECT is counted with its destination and reply.
 //! - TLS to the vendor endpoint (an HTTPS proxy), or anything else: bytes only.
 //!
-//! The crawler's own vendor credentials pass through inside its bytes; the meter never parses
-//! them out, so they cannot reach logs or labels. A destination that is no vendor endpoint passes
+//! Tunnels and bytes-only connections are relayed by [`crate::relay`], like every tunnel. The
+//! crawler's own vendor credentials pass through inside its bytes; the meter never parses them
+//! out, so they cannot reach logs or labels. A destination that is no vendor endpoint passes
 //! through untouched (counted as `proxy_vendor="unknown"`, bytes only, if
 //! `transparent.meter_unmatched` is on). A connection that was not redirected (its original
 //! destination is the listener itself) or that the meter opened itself (see [`crate::outbound`])
@@ -27,10 +28,8 @@ mod socks5;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 
 use bytes::{Bytes, BytesMut};
-use prometheus_client::metrics::counter::Counter;
 use pt_metrics::caps::{Name, UNKNOWN};
 use pt_metrics::labels::{
     ClientProtocol, PodIdentity, PodLabels, Protocol, RejectReason, TransparentLabels,
@@ -39,16 +38,14 @@ use pt_sniff::Authority;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tokio::time::Instant;
 
-use crate::copy::{CopyError, copy};
-use crate::counting_io::{Attribution, MeteredIo, Tally};
-use crate::exchange::{Exchange, ExchangeSpec};
-use crate::failure::classify_connect;
+use crate::activity::{Activity, Touching};
+use crate::context::Context;
+use crate::counting_io::{Attribution, MeteredIo};
+use crate::exchange::{Exchange, ExchangeSpec, Outcome};
+use crate::listener::{OpenConnection, next_connection};
 use crate::outbound::Outbound;
-use crate::server::OpenConnection;
-use crate::shared::Shared;
+use crate::relay::{self, Start};
 use crate::tunnel;
 
 pub use endpoints::Endpoints;
@@ -61,24 +58,23 @@ pub struct Transparent {
     /// The bound transparent listener addresses: a connection whose original destination is one
     /// of them was not redirected.
     pub listeners: Vec<SocketAddr>,
+    pub meter_unmatched: bool,
 }
 
 /// Accepts redirected connections until draining starts.
-pub async fn accept_loop(
-    shared: Arc<Shared>,
-    state: Arc<Transparent>,
-    listener: TcpListener,
-    limit: Arc<Semaphore>,
-) {
-    while let Some((stream, peer)) = crate::server::next_connection(&listener, &shared).await {
-        let Ok(permit) = limit.clone().try_acquire_owned() else {
+pub async fn accept_loop(ctx: Arc<Context>, state: Arc<Transparent>, listener: TcpListener) {
+    while let Some((stream, peer)) = next_connection(&listener, &ctx.drain.draining).await {
+        let Some(slot) = ctx.slots.admit() else {
             // The crawler's protocol is not known yet, so there is no answer to give: close.
-            shared.metrics.reject(RejectReason::Overloaded);
+            ctx.metering.refuse_connection(RejectReason::Overloaded);
             continue;
         };
-        shared
-            .tasks
-            .spawn(serve(shared.clone(), state.clone(), stream, peer, permit));
+        let task_ctx = ctx.clone();
+        let state = state.clone();
+        ctx.drain.tasks.spawn(async move {
+            let _slot = slot;
+            serve(task_ctx, state, stream, peer).await;
+        });
     }
 }
 
@@ -95,16 +91,19 @@ fn original_destination(stream: &TcpStream) -> io::Result<SocketAddr> {
         .ok_or_else(|| io::Error::other("original destination is not an IP address"))
 }
 
+/// The two halves of a vendor socket, each counting to its own attribution.
+type VendorRead = MeteredIo<OwnedReadHalf>;
+type VendorWrite = MeteredIo<OwnedWriteHalf>;
+/// The two halves of the crawler's socket, each telling the connection's idle clock.
+type ClientRead = Touching<OwnedReadHalf>;
+type ClientWrite = Touching<OwnedWriteHalf>;
+
+/// Bytes reserved for the client's first read: a request head or a SOCKS greeting.
+const FIRST_READ: usize = 4096;
+
 /// Serves one redirected connection.
-async fn serve(
-    shared: Arc<Shared>,
-    state: Arc<Transparent>,
-    client: TcpStream,
-    peer: SocketAddr,
-    _permit: OwnedSemaphorePermit,
-) {
-    shared.metrics.open_connections.inc();
-    let _open = OpenConnection(&shared);
+async fn serve(ctx: Arc<Context>, state: Arc<Transparent>, client: TcpStream, peer: SocketAddr) {
+    let _open = OpenConnection::new(&ctx);
     let destination = match original_destination(&client) {
         Ok(d) if !state.listeners.contains(&d) && !state.outbound.is_own(peer) => d,
         result => {
@@ -113,171 +112,80 @@ async fn serve(
                 destination = ?result.as_ref().ok(),
                 "refusing a transparent connection that was not redirected or that the meter opened itself (exclude the meter's uid or mark from redirection)"
             );
-            shared.metrics.reject(RejectReason::Loop);
+            ctx.metering.refuse_connection(RejectReason::Loop);
             return;
         }
     };
     let _ = client.set_nodelay(true);
     let vendor = state.endpoints.vendor_of(destination);
-    let metered = vendor.is_some() || shared.config.transparent.meter_unmatched;
-    if !shared.config.metrics.metering || !metered {
-        passthrough(&shared, &state, client, destination).await;
-        return;
-    }
+    let metered = ctx.metering.enabled() && (vendor.is_some() || state.meter_unmatched);
     let vendor_name = match vendor {
-        Some(index) => shared.vendors[index].name.clone(),
+        Some(index) => ctx.vendors.list[index].name.clone(),
         None => Name::new(UNKNOWN),
     };
-    let identity = shared.identity.resolve(&shared.metrics, peer, None);
-    let tally = Tally::new(Arc::new(pod_attribution(&shared, &vendor_name, &identity)));
-    let (upstream, _own) = match state.outbound.connect_registered(destination).await {
-        Ok(pair) => pair,
+    let identity = ctx.gate.identify(&ctx.metering.metrics, peer, None);
+    // Bytes that belong to no request (a SOCKS5 greeting, bytes-only connections): the pod
+    // family only. Unmetered connections count nowhere.
+    let attribution = Arc::new(if metered {
+        let labels = PodLabels::new(&vendor_name, &identity);
+        Attribution::new(ctx.metering.pod_counters(&labels), None)
+    } else {
+        Attribution::default()
+    });
+    let vendor_conn = match ctx
+        .vendors
+        .dial_captured(destination, attribution.clone())
+        .await
+    {
+        Ok(conn) => conn,
         Err(error) => {
             // The crawler sees its connection close, as if the vendor had refused it.
-            shared
-                .metrics
-                .upstream_error(&vendor_name, classify_connect(&error));
+            if metered && let Some(reason) = error.failure.upstream_reason() {
+                ctx.metering.upstream_error(&vendor_name, reason);
+            }
             let _ = client.set_zero_linger();
             return;
         }
     };
-    let _ = upstream.set_nodelay(true);
+    let (vendor_read, vendor_write, _lease) = vendor_conn.into_halves();
     let captured = Captured {
-        shared: shared.clone(),
+        ctx: ctx.clone(),
         vendor: vendor_name,
         identity,
         peer,
-        tally: tally.clone(),
+        attribution,
+        activity: Arc::default(),
     };
-    let limits = &shared.config.limits;
-    let relay = async {
-        if vendor.is_none() {
-            captured.count_connection(ClientProtocol::Other);
-            return bytes_only(client, counted(upstream, &tally), BytesMut::new()).await;
-        }
-        let mut client = client;
-        let mut first = BytesMut::with_capacity(FIRST_READ);
-        // The crawler speaks first in every protocol metered here. If the vendor speaks first
-        // instead, the connection is relayed as bytes (its bytes are still in the socket).
-        let speaks = tokio::select! {
-            read = client.read_buf(&mut first) => match read {
-                Ok(0) => ClientProtocol::Other,
-                Ok(_) => match first[0] {
-                    pt_sniff::socks5::VERSION => ClientProtocol::Socks5,
-                    // A TLS handshake record: TLS to the vendor endpoint (an HTTPS proxy).
-                    0x16 => ClientProtocol::Tls,
-                    b'A'..=b'Z' => ClientProtocol::Http1,
-                    _ => ClientProtocol::Other,
-                },
-                Err(error) => return Err(CopyError::Read(error)),
-            },
-            _ = upstream.readable() => ClientProtocol::Other,
-        };
-        captured.count_connection(speaks);
-        let upstream = counted(upstream, &tally);
-        match speaks {
-            ClientProtocol::Http1 => http1::relay(&captured, client, upstream, first).await,
-            ClientProtocol::Socks5 => socks5::relay(&captured, client, upstream, first).await,
-            ClientProtocol::Tls | ClientProtocol::Other => {
-                bytes_only(client, upstream, first).await
-            }
-        }
-    };
-    tokio::select! {
-        _ = relay => {}
-        () = tally.activity.idle(limits.tunnel_idle_timeout, || false) => {}
-        () = shared.stopped.cancelled() => {}
+    let (client_read, client_write) = client.into_split();
+    let client_read = Touching::new(client_read, captured.activity.clone());
+    let client_write = Touching::new(client_write, captured.activity.clone());
+    let vendor = (vendor_read, vendor_write);
+    if metered {
+        captured.relay(client_read, client_write, vendor).await;
+    } else {
+        // Not a vendor's, or metering off: relayed as it is, counted nowhere.
+        captured
+            .bytes_only((client_read, client_write), vendor, BytesMut::new())
+            .await;
     }
-}
-
-/// Hands a connection whose tunnel has just opened (CONNECT 200, SOCKS5 success) to the tunnel
-/// relay: what the vendor sent beyond its answer goes to the client first, and what the client
-/// sent beyond its request starts the sniffed stream.
-async fn open_tunnel(
-    captured: &Captured,
-    exchange: Exchange,
-    (client, client_write): (Inbound<OwnedReadHalf>, OwnedWriteHalf),
-    (vendor_read, vendor_write): (VendorRead, VendorWrite),
-    from_vendor: Bytes,
-) {
-    let halves = tunnel::Halves {
-        client_read: client.io,
-        client_write,
-        vendor_read,
-        vendor_write,
-    };
-    let pending = client.buf.to_vec();
-    tunnel::pipe(
-        &captured.shared,
-        exchange,
-        &captured.tally,
-        halves,
-        from_vendor,
-        pending,
-    )
-    .await;
-}
-
-/// The two halves of a vendor socket, each counting into the connection's tally.
-type VendorRead = MeteredIo<OwnedReadHalf>;
-type VendorWrite = MeteredIo<OwnedWriteHalf>;
-
-fn counted(upstream: TcpStream, tally: &Arc<Tally>) -> (VendorRead, VendorWrite) {
-    let (read, write) = upstream.into_split();
-    (
-        MeteredIo::new(read, tally.clone()),
-        MeteredIo::new(write, tally.clone()),
-    )
-}
-
-/// Bytes reserved for the client's first read: a request head or a SOCKS greeting.
-const FIRST_READ: usize = 4096;
-
-/// The attribution of bytes that belong to no request: the pod family only.
-fn pod_attribution(shared: &Shared, vendor: &Name, identity: &PodIdentity) -> Attribution {
-    let labels = PodLabels::new(vendor, identity);
-    Attribution::new(
-        Some((
-            shared.metrics.sent_bytes.get_or_create_owned(&labels),
-            shared.metrics.received_bytes.get_or_create_owned(&labels),
-        )),
-        None::<(Counter, Counter)>,
-    )
-}
-
-/// Relays a connection that is not metered: no vendor, or metering off.
-async fn passthrough(shared: &Shared, state: &Arc<Transparent>, client: TcpStream, to: SocketAddr) {
-    let Ok((upstream, _own)) = state.outbound.connect_registered(to).await else {
-        let _ = client.set_zero_linger();
-        return;
-    };
-    let _ = upstream.set_nodelay(true);
-    let (mut client_read, mut client_write) = client.into_split();
-    let (mut upstream_read, mut upstream_write) = upstream.into_split();
-    let (up, down) = (AtomicBool::new(false), AtomicBool::new(false));
-    let _ = tokio::select! {
-        r = async {
-            tokio::try_join!(
-                copy(&mut client_read, &mut upstream_write, &up, &down),
-                copy(&mut upstream_read, &mut client_write, &down, &up),
-            )
-        } => r.map(|_| ()),
-        () = shared.stopped.cancelled() => Ok(()),
-    };
 }
 
 /// A captured connection to a vendor endpoint, being metered.
 struct Captured {
-    shared: Arc<Shared>,
+    ctx: Arc<Context>,
     vendor: Name,
     identity: PodIdentity,
     peer: SocketAddr,
-    tally: Arc<Tally>,
+    /// Where bytes outside any request count.
+    attribution: Arc<Attribution>,
+    /// When bytes last moved on the crawler's side (and so on the vendor's).
+    activity: Arc<Activity>,
 }
 
 impl Captured {
     fn count_connection(&self, speaks: ClientProtocol) {
-        self.shared
+        self.ctx
+            .metering
             .metrics
             .transparent_connections
             .get_or_create(&TransparentLabels {
@@ -285,6 +193,87 @@ impl Captured {
                 client_protocol: speaks,
             })
             .inc();
+    }
+
+    /// Reads what the crawler speaks first and relays accordingly.
+    async fn relay(
+        &self,
+        mut client_read: ClientRead,
+        client_write: ClientWrite,
+        vendor: (VendorRead, VendorWrite),
+    ) {
+        // A destination that is no vendor's: there is no protocol of a vendor to follow.
+        if self.vendor.as_str() == UNKNOWN {
+            self.count_connection(ClientProtocol::Other);
+            self.bytes_only((client_read, client_write), vendor, BytesMut::new())
+                .await;
+            return;
+        }
+        let mut first = BytesMut::with_capacity(FIRST_READ);
+        // The crawler speaks first in every protocol metered here. If the vendor speaks first
+        // instead, the connection is relayed as bytes (its bytes are still in the socket).
+        let speaks = tokio::select! {
+            read = client_read.read_buf(&mut first) => match read {
+                Ok(0) | Err(_) => ClientProtocol::Other,
+                Ok(_) => match first[0] {
+                    pt_sniff::socks5::VERSION => ClientProtocol::Socks5,
+                    // A TLS handshake record: TLS to the vendor endpoint (an HTTPS proxy).
+                    0x16 => ClientProtocol::Tls,
+                    b'A'..=b'Z' => ClientProtocol::Http1,
+                    _ => ClientProtocol::Other,
+                },
+            },
+            _ = vendor.0.get_ref().readable() => ClientProtocol::Other,
+        };
+        self.count_connection(speaks);
+        let idle = self.ctx.limits.tunnel_idle_timeout;
+        let work = async {
+            match speaks {
+                ClientProtocol::Http1 => {
+                    http1::relay(self, (client_read, client_write), vendor, first).await;
+                }
+                ClientProtocol::Socks5 => {
+                    socks5::relay(self, (client_read, client_write), vendor, first).await;
+                }
+                ClientProtocol::Tls | ClientProtocol::Other => {
+                    self.bytes_only((client_read, client_write), vendor, first)
+                        .await;
+                }
+            }
+        };
+        tokio::select! {
+            () = work => {}
+            () = self.activity.idle(idle, || false) => {}
+            () = self.ctx.drain.stopped.cancelled() => {}
+        }
+    }
+
+    /// Relays the connection as bytes, `first` (already read from the client) first.
+    async fn bytes_only(
+        &self,
+        client: (ClientRead, ClientWrite),
+        vendor: (VendorRead, VendorWrite),
+        first: BytesMut,
+    ) {
+        let limits = relay::Limits {
+            idle_timeout: self.ctx.limits.tunnel_idle_timeout,
+            sniff_timeout: self.ctx.limits.sniff_timeout,
+            max_sniff_bytes: 0,
+        };
+        let stop = self.ctx.drain.stopped.cancelled();
+        let _ = relay::relay(
+            client,
+            vendor,
+            Start {
+                to_vendor: first.freeze(),
+                to_client: Bytes::new(),
+            },
+            None,
+            limits,
+            &self.activity,
+            stop,
+        )
+        .await;
     }
 
     /// A new exchange for a request the crawler sent its vendor.
@@ -296,19 +285,47 @@ impl Captured {
         url: Option<String>,
     ) -> Exchange {
         Exchange::new(
-            self.shared.clone(),
+            self.ctx.metering.clone(),
             ExchangeSpec {
                 vendor: self.vendor.clone(),
                 identity: self.identity.clone(),
                 protocol,
-                host: target.host.clone(),
+                host: &target.host,
                 port: target.port,
-                method: method.to_owned(),
+                method,
                 url,
                 client: self.peer,
             },
-            Instant::now(),
         )
+    }
+
+    /// Hands a connection whose tunnel has just opened (CONNECT 200, SOCKS5 success) to the
+    /// tunnel relay: what the vendor sent beyond its answer goes to the client first, and what
+    /// the client sent beyond its request starts the sniffed stream.
+    async fn open_tunnel(
+        &self,
+        exchange: Exchange,
+        client: (ClientRead, ClientWrite),
+        vendor: (VendorRead, VendorWrite),
+        start: Start,
+    ) {
+        let stop = async {
+            self.ctx.drain.stopped.cancelled().await;
+            Outcome::Shutdown
+        };
+        tunnel::run(
+            client,
+            vendor,
+            exchange,
+            start,
+            tunnel::limits(
+                self.ctx.limits.tunnel_idle_timeout,
+                self.ctx.limits.sniff_timeout,
+            ),
+            &self.activity,
+            stop,
+        )
+        .await;
     }
 }
 
@@ -328,13 +345,9 @@ impl<R: AsyncRead + Unpin> Inbound<R> {
     }
 
     /// Reads more; false at the end of the stream.
-    async fn fill(&mut self) -> Result<bool, CopyError> {
+    async fn fill(&mut self) -> io::Result<bool> {
         self.buf.reserve(READ_CHUNK);
-        let n = self
-            .io
-            .read_buf(&mut self.buf)
-            .await
-            .map_err(CopyError::Read)?;
+        let n = self.io.read_buf(&mut self.buf).await?;
         Ok(n > 0)
     }
 
@@ -343,7 +356,7 @@ impl<R: AsyncRead + Unpin> Inbound<R> {
     async fn message<T, E>(
         &mut self,
         parse: impl Fn(&[u8]) -> Result<Option<T>, E>,
-    ) -> Result<Option<T>, Option<CopyError>> {
+    ) -> Result<Option<T>, Option<io::Error>> {
         loop {
             match parse(&self.buf) {
                 Ok(Some(message)) => return Ok(Some(message)),
@@ -357,40 +370,21 @@ impl<R: AsyncRead + Unpin> Inbound<R> {
     }
 
     /// Forwards the first `n` buffered bytes.
-    async fn forward<W: AsyncWrite + Unpin>(
-        &mut self,
-        n: usize,
-        to: &mut W,
-    ) -> Result<(), CopyError> {
-        to.write_all(&self.buf[..n])
-            .await
-            .map_err(CopyError::Write)?;
+    async fn forward<W: AsyncWrite + Unpin>(&mut self, n: usize, to: &mut W) -> io::Result<()> {
+        to.write_all(&self.buf[..n]).await?;
         let _ = self.buf.split_to(n);
         Ok(())
     }
 
     /// Forwards the buffered bytes and everything after them, uninterpreted, then half-closes
     /// `to`. Returns at the end of the stream.
-    async fn forward_rest<W: AsyncWrite + Unpin>(&mut self, to: &mut W) -> Result<(), CopyError> {
+    async fn forward_rest<W: AsyncWrite + Unpin>(
+        &mut self,
+        to: &mut W,
+        activity: &Activity,
+    ) -> io::Result<()> {
         let n = self.buf.len();
         self.forward(n, to).await?;
-        let (done, other_done) = (AtomicBool::new(false), AtomicBool::new(false));
-        copy(&mut self.io, to, &done, &other_done).await.map(|_| ())
+        relay::pass_rest(&mut self.io, to, activity).await
     }
-}
-
-/// Relays a connection as bytes only, `first` (already read from the client) first.
-async fn bytes_only(
-    client: TcpStream,
-    (upstream_read, mut upstream_write): (VendorRead, VendorWrite),
-    first: BytesMut,
-) -> Result<(), CopyError> {
-    let (client_read, mut client_write) = client.into_split();
-    let mut up = Inbound::new(client_read, first);
-    let mut down = Inbound::new(upstream_read, BytesMut::new());
-    tokio::try_join!(
-        up.forward_rest(&mut upstream_write),
-        down.forward_rest(&mut client_write)
-    )
-    .map(|_| ())
 }

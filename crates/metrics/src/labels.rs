@@ -58,9 +58,11 @@ pub enum StatusClass {
     Redirection,
     ClientError,
     ServerError,
-    /// The request failed before a status reached the client (it went away, or the vendor leg
-    /// failed after the response started).
+    /// No status reached the client because it went away first.
     Error,
+    /// No status reached the client because the vendor closed or failed without answering and
+    /// the meter could not answer in its place (a captured connection, transparent mode).
+    NoResponse,
 }
 
 impl StatusClass {
@@ -82,6 +84,7 @@ impl StatusClass {
             StatusClass::ClientError => "4xx",
             StatusClass::ServerError => "5xx",
             StatusClass::Error => "error",
+            StatusClass::NoResponse => "no_response",
         }
     }
 }
@@ -92,6 +95,10 @@ label_value!(StatusClass);
 pub enum UpstreamErrorReason {
     /// The vendor (or, for `direct`, the destination) refused the TCP connection.
     ConnectRefused,
+    /// No route to the vendor (or destination): host or network unreachable.
+    Unreachable,
+    /// The meter could not open a socket (out of file descriptors or memory).
+    LocalResources,
     /// The TCP connection was not established within the connect timeout.
     ConnectTimeout,
     /// A `direct` destination name did not resolve.
@@ -114,6 +121,8 @@ impl UpstreamErrorReason {
     pub fn as_str(self) -> &'static str {
         match self {
             UpstreamErrorReason::ConnectRefused => "connect_refused",
+            UpstreamErrorReason::Unreachable => "unreachable",
+            UpstreamErrorReason::LocalResources => "local_resources",
             UpstreamErrorReason::ConnectTimeout => "connect_timeout",
             UpstreamErrorReason::Resolve => "resolve",
             UpstreamErrorReason::VendorAuth => "vendor_auth",
@@ -132,6 +141,15 @@ label_value!(UpstreamErrorReason);
 pub enum RejectReason {
     /// Malformed request, or a request form a forward proxy does not serve.
     BadRequest,
+    /// A request line or head longer than `limits.max_header_bytes`, or more header fields than
+    /// `limits.max_headers` (414 / 431).
+    HeadTooLarge,
+    /// A request body whose chunked framing broke after its head was forwarded: the vendor
+    /// connection is closed and the client answered 400 if it can still be.
+    BadFraming,
+    /// The bound on vendor-side connections (`limits.max_vendor_connections`) is reached and
+    /// no idle one could be closed to make room.
+    VendorConnectionLimit,
     /// The vendor named by the header or username is not configured.
     UnknownVendor,
     /// No vendor could be chosen (no header, no mapping, no default).
@@ -150,8 +168,9 @@ pub enum RejectReason {
     Overloaded,
     /// The meter is draining for shutdown.
     ShuttingDown,
-    /// A transparent connection that was not redirected to the meter, or that the meter itself
-    /// opened and that was redirected back to it (its own traffic must be excluded from
+    /// A request to the meter's own listeners or admin endpoint (whatever the allow-list says),
+    /// a transparent connection that was not redirected to the meter, or one that the meter
+    /// itself opened and that was redirected back to it (its own traffic must be excluded from
     /// redirection).
     Loop,
 }
@@ -160,6 +179,9 @@ impl RejectReason {
     pub fn as_str(self) -> &'static str {
         match self {
             RejectReason::BadRequest => "bad_request",
+            RejectReason::HeadTooLarge => "head_too_large",
+            RejectReason::BadFraming => "bad_framing",
+            RejectReason::VendorConnectionLimit => "vendor_connection_limit",
             RejectReason::UnknownVendor => "unknown_vendor",
             RejectReason::NoVendor => "no_vendor",
             RejectReason::AuthRequired => "auth_required",

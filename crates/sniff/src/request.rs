@@ -663,7 +663,7 @@ mod tests {
             refused("GET http://h.test/ HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n"),
             RequestError::Host
         );
-        assert!(head("GET http://h.test/ HTTP/1.0\r\n\r\n").keep_alive == false);
+        assert!(!head("GET http://h.test/ HTTP/1.0\r\n\r\n").keep_alive);
         assert!(head("GET http://h.test/ HTTP/1.0\r\nConnection: keep-alive\r\n\r\n").keep_alive);
         assert!(
             !head("GET http://h.test/ HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n").keep_alive

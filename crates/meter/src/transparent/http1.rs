@@ -14,26 +14,25 @@
 //! next (pipelined) response would count its first bytes toward the previous request.
 //!
 //! A CONNECT waits for the vendor's verdict before anything else is read from the crawler: on a
-//! 2xx both pumps hand their halves over to the tunnel relay ([`crate::tunnel::pipe`], which sniffs SNI
-//! and ALPN as for the meter's own tunnels); otherwise the crawler may send its next request.
+//! 2xx both pumps hand their halves over to the tunnel relay ([`crate::tunnel::run`], which sniffs
+//! SNI and ALPN as for the meter's own tunnels); otherwise the crawler may send its next request.
 //! Whatever the meter cannot follow (a malformed or oversized head, ambiguous framing, an
 //! origin-form request, bytes the vendor sends unasked, a protocol switch) ends interpretation in
 //! that direction: the rest is relayed as bytes, still counted, just no longer per request.
 
-use bytes::BytesMut;
+use std::io;
+
+use bytes::{Bytes, BytesMut};
 use pt_metrics::labels::{Protocol, UpstreamErrorReason};
 use pt_sniff::http1::{
     Body, Framing, RequestKind, ResponseHead, Target, parse_request_head, parse_response_head,
 };
-use std::sync::atomic::AtomicBool;
-
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Captured, Inbound, VendorRead, VendorWrite, open_tunnel};
-use crate::copy::{CopyError, copy};
+use super::{Captured, ClientRead, ClientWrite, Inbound, VendorRead, VendorWrite};
 use crate::exchange::Exchange;
+use crate::relay::{self, Start};
 
 /// Requests sent ahead of their responses (pipelining) that are followed; past it the request
 /// pump waits for responses, which slows only a crawler that pipelines that deep.
@@ -48,23 +47,23 @@ struct InFlight {
 }
 
 /// How the request pump ended.
-enum RequestsEnd<CR, VW> {
+enum RequestsEnd {
     Closed,
     /// The vendor accepted a CONNECT: the crawler's read half, with the bytes it sent early.
     Tunnel {
-        client: Inbound<CR>,
-        vendor: VW,
+        client: Inbound<ClientRead>,
+        vendor: VendorWrite,
     },
 }
 
 /// How the response pump ended.
-enum ResponsesEnd<CW> {
+enum ResponsesEnd {
     Closed,
     /// The vendor accepted a CONNECT; its head is consumed, nothing after it.
     Tunnel {
         exchange: Box<Exchange>,
         vendor: Responses,
-        client: CW,
+        client: ClientWrite,
     },
 }
 
@@ -72,13 +71,12 @@ enum ResponsesEnd<CW> {
 /// what the crawler has sent so far.
 pub(super) async fn relay(
     captured: &Captured,
-    client: TcpStream,
+    (client_read, client_write): (ClientRead, ClientWrite),
     (vendor_read, vendor_write): (VendorRead, VendorWrite),
     first: BytesMut,
-) -> Result<(), CopyError> {
-    let (client_read, client_write) = client.into_split();
+) {
     let (queue, queued) = mpsc::channel(MAX_IN_FLIGHT);
-    let (requests, responses) = tokio::try_join!(
+    let pumps = tokio::try_join!(
         requests(
             captured,
             Inbound::new(client_read, first),
@@ -86,8 +84,8 @@ pub(super) async fn relay(
             queue
         ),
         responses(captured, Responses::new(vendor_read), client_write, queued),
-    )?;
-    if let (
+    );
+    if let Ok((
         RequestsEnd::Tunnel {
             client,
             vendor: vendor_write,
@@ -97,32 +95,30 @@ pub(super) async fn relay(
             vendor,
             client: client_write,
         },
-    ) = (requests, responses)
+    )) = pumps
     {
         // The response reader peeks, so nothing of the vendor's is buffered here.
-        open_tunnel(
-            captured,
-            *exchange,
-            (client, client_write),
-            (vendor.io, vendor_write),
-            bytes::Bytes::new(),
-        )
-        .await;
+        captured
+            .open_tunnel(
+                *exchange,
+                (client.io, client_write),
+                (vendor.io, vendor_write),
+                Start {
+                    to_vendor: client.buf.freeze(),
+                    to_client: Bytes::new(),
+                },
+            )
+            .await;
     }
-    Ok(())
 }
 
-async fn requests<CR, VW>(
+async fn requests(
     captured: &Captured,
-    mut client: Inbound<CR>,
-    mut vendor: VW,
+    mut client: Inbound<ClientRead>,
+    mut vendor: VendorWrite,
     queue: mpsc::Sender<InFlight>,
-) -> Result<RequestsEnd<CR, VW>, CopyError>
-where
-    CR: AsyncRead + Unpin,
-    VW: AsyncWrite + Unpin,
-{
-    let max_head = captured.shared.config.limits.max_header_bytes;
+) -> io::Result<RequestsEnd> {
+    let max_head = captured.ctx.limits.max_header_bytes;
     loop {
         let head = match client
             .message(|buf| parse_request_head(buf, max_head))
@@ -143,9 +139,7 @@ where
             .flatten()
             .map(|uri| crate::access_log::redact_uri(&uri));
         let exchange = captured.exchange(protocol, target, &head.method, url);
-        captured
-            .tally
-            .attribute_sent_to(exchange.attribution().clone());
+        vendor.attribute_to(exchange.attribution().clone());
         let (verdict, verdict_rx) = match head.kind() {
             RequestKind::Connect => {
                 let (tx, rx) = oneshot::channel();
@@ -181,20 +175,17 @@ where
     }
     // From here on the crawler's bytes are relayed uninterpreted.
     drop(queue);
-    client.forward_rest(&mut vendor).await?;
+    client.forward_rest(&mut vendor, &captured.activity).await?;
     Ok(RequestsEnd::Closed)
 }
 
-async fn responses<CW>(
+async fn responses(
     captured: &Captured,
     mut vendor: Responses,
-    mut client: CW,
+    mut client: ClientWrite,
     mut queued: mpsc::Receiver<InFlight>,
-) -> Result<ResponsesEnd<CW>, CopyError>
-where
-    CW: AsyncWrite + Unpin,
-{
-    let max_head = captured.shared.config.limits.max_header_bytes;
+) -> io::Result<ResponsesEnd> {
+    let max_head = captured.ctx.limits.max_header_bytes;
     loop {
         // The next request, or (with none in flight) bytes the vendor sends unasked, or its close.
         let next = tokio::select! {
@@ -210,9 +201,9 @@ where
         };
         // Bytes nobody asked for, or the request side stopped interpreting.
         let Some(mut in_flight) = next else { break };
-        captured
-            .tally
-            .attribute_received_to(in_flight.exchange.attribution().clone());
+        vendor
+            .io
+            .attribute_to(in_flight.exchange.attribution().clone());
         let head = loop {
             match vendor.head(in_flight.kind, max_head, &mut client).await {
                 Ok(Some(head)) if head.interim => continue,
@@ -224,7 +215,7 @@ where
                 }
                 Err(None) => {
                     abandon(in_flight, queued, UpstreamErrorReason::Protocol);
-                    vendor.forward_rest(&mut client).await?;
+                    vendor.forward_rest(&mut client, captured).await?;
                     return Ok(ResponsesEnd::Closed);
                 }
                 Err(Some(error)) => {
@@ -258,7 +249,7 @@ where
             BodyEnd::NotUnderstood => break,
         }
     }
-    vendor.forward_rest(&mut client).await?;
+    vendor.forward_rest(&mut client, captured).await?;
     Ok(ResponsesEnd::Closed)
 }
 
@@ -288,14 +279,9 @@ impl Responses {
 
     /// Looks at what has arrived without consuming it, waiting for at least one byte; 0 at the
     /// end of the stream.
-    async fn peek(&mut self) -> Result<usize, CopyError> {
+    async fn peek(&mut self) -> io::Result<usize> {
         self.grow();
-        let n = self
-            .io
-            .get_mut()
-            .peek(&mut self.peeked)
-            .await
-            .map_err(CopyError::Read)?;
+        let n = self.io.get_mut().peek(&mut self.peeked).await?;
         self.peeked.truncate(n);
         Ok(n)
     }
@@ -312,35 +298,22 @@ impl Responses {
 
     /// Reads (the read counts them) and forwards at most `limit` bytes, without peeking: for
     /// bytes known to belong to the current body. 0 at the end of the stream.
-    async fn pass<W: AsyncWrite + Unpin>(
-        &mut self,
-        limit: u64,
-        to: &mut W,
-    ) -> Result<usize, CopyError> {
+    async fn pass<W: AsyncWrite + Unpin>(&mut self, limit: u64, to: &mut W) -> io::Result<usize> {
         self.grow();
         let len = usize::try_from(limit)
             .unwrap_or(usize::MAX)
             .min(self.peeked.len());
-        let n = self
-            .io
-            .read(&mut self.peeked[..len])
-            .await
-            .map_err(CopyError::Read)?;
+        let n = self.io.read(&mut self.peeked[..len]).await?;
         self.peeked.truncate(n);
-        to.write_all(&self.peeked).await.map_err(CopyError::Write)?;
+        to.write_all(&self.peeked).await?;
         Ok(n)
     }
 
     /// Consumes the first `n` peeked bytes (the read counts them) and forwards them.
-    async fn take<W: AsyncWrite + Unpin>(&mut self, n: usize, to: &mut W) -> Result<(), CopyError> {
+    async fn take<W: AsyncWrite + Unpin>(&mut self, n: usize, to: &mut W) -> io::Result<()> {
         // The read returns exactly the bytes the peek showed, into the same place.
-        self.io
-            .read_exact(&mut self.peeked[..n])
-            .await
-            .map_err(CopyError::Read)?;
-        to.write_all(&self.peeked[..n])
-            .await
-            .map_err(CopyError::Write)
+        self.io.read_exact(&mut self.peeked[..n]).await?;
+        to.write_all(&self.peeked[..n]).await
     }
 
     /// Consumes and forwards the next response head. `Ok(None)`: the stream ended first;
@@ -350,7 +323,7 @@ impl Responses {
         kind: RequestKind,
         max_head: usize,
         to: &mut W,
-    ) -> Result<Option<ResponseHead>, Option<CopyError>> {
+    ) -> Result<Option<ResponseHead>, Option<io::Error>> {
         loop {
             if self.peek().await.map_err(Some)? == 0 {
                 return Ok(None);
@@ -385,7 +358,7 @@ impl Responses {
         &mut self,
         mut body: Body,
         to: &mut W,
-    ) -> Result<BodyEnd, CopyError> {
+    ) -> io::Result<BodyEnd> {
         while !body.is_done() {
             // Data the framing has announced is read directly, one copy, never past its end;
             // only framing (chunk sizes, trailers) is peeked before it is consumed.
@@ -411,9 +384,12 @@ impl Responses {
     }
 
     /// Forwards everything the vendor sends from here on, uninterpreted, then half-closes `to`.
-    async fn forward_rest<W: AsyncWrite + Unpin>(&mut self, to: &mut W) -> Result<(), CopyError> {
-        let (done, other_done) = (AtomicBool::new(false), AtomicBool::new(false));
-        copy(&mut self.io, to, &done, &other_done).await.map(|_| ())
+    async fn forward_rest<W: AsyncWrite + Unpin>(
+        &mut self,
+        to: &mut W,
+        captured: &Captured,
+    ) -> io::Result<()> {
+        relay::pass_rest(&mut self.io, to, &captured.activity).await
     }
 }
 
@@ -443,7 +419,7 @@ async fn forward_body<R, W>(
     mut body: Body,
     from: &mut Inbound<R>,
     to: &mut W,
-) -> Result<BodyEnd, CopyError>
+) -> io::Result<BodyEnd>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,

@@ -6,30 +6,35 @@
 //! message, as the protocol intends anyway. The credentials message is forwarded without being
 //! parsed beyond its lengths. A CONNECT becomes an [`Exchange`] counted with the vendor's reply
 //! (mapped to an HTTP status for `status_class`) that owns every byte of the connection, the
-//! handshake before it included; after a successful reply the connection is a
-//! tunnel, relayed by [`tunnel::pipe`] with SNI and ALPN sniffing. BIND, UDP ASSOCIATE, GSSAPI,
-//! refused credentials and anything malformed are relayed as bytes (still counted).
+//! handshake before it included; after a successful reply the connection is a tunnel, relayed by
+//! [`crate::tunnel::run`] with SNI and ALPN sniffing. Credentials the vendor refuses are an
+//! exchange too (status 407, outcome `vendor_refused`), though its destination was never said.
+//! BIND, UDP ASSOCIATE, GSSAPI and anything malformed are relayed as bytes (still counted).
+
+use std::io;
 
 use bytes::BytesMut;
 use pt_metrics::labels::{Protocol, UpstreamErrorReason};
 use pt_sniff::socks5::{self, Command, METHOD_USERNAME_PASSWORD};
+use pt_sniff::{Authority, Host};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpStream;
 
-use super::{Captured, Inbound, VendorRead, VendorWrite, open_tunnel};
-use crate::copy::CopyError;
+use super::{Captured, ClientRead, ClientWrite, Inbound, VendorRead, VendorWrite};
 use crate::exchange::Exchange;
+use crate::relay::Start;
 
 /// "No authentication required" (RFC 1928 §3).
 const METHOD_NONE: u8 = 0;
+/// The status a refusal of the crawler's credentials is counted with (RFC 1929 §2: any non-zero
+/// status is a failure; 407 is what an HTTP proxy would answer).
+const CREDENTIALS_REFUSED: u16 = 407;
 
 pub(super) async fn relay(
     captured: &Captured,
-    client: TcpStream,
+    (client_read, mut client_write): (ClientRead, ClientWrite),
     (vendor_read, mut vendor_write): (VendorRead, VendorWrite),
     first: BytesMut,
-) -> Result<(), CopyError> {
-    let (client_read, mut client_write) = client.into_split();
+) {
     let mut client = Inbound::new(client_read, first);
     let mut vendor = Inbound::new(vendor_read, BytesMut::new());
     let opened = handshake(
@@ -39,25 +44,41 @@ pub(super) async fn relay(
         &mut vendor,
         &mut vendor_write,
     )
-    .await?;
+    .await;
     match opened {
-        Some(exchange) => {
-            open_tunnel(
-                captured,
-                exchange,
-                (client, client_write),
-                (vendor.io, vendor_write),
-                vendor.buf.freeze(),
-            )
-            .await;
-            Ok(())
+        Ok(Handshake::Tunnel(exchange)) => {
+            captured
+                .open_tunnel(
+                    exchange,
+                    (client.io, client_write),
+                    (vendor.io, vendor_write),
+                    Start {
+                        to_vendor: client.buf.freeze(),
+                        to_client: vendor.buf.freeze(),
+                    },
+                )
+                .await;
         }
-        None => tokio::try_join!(
-            client.forward_rest(&mut vendor_write),
-            vendor.forward_rest(&mut client_write)
-        )
-        .map(|_| ()),
+        Ok(Handshake::Bytes(exchange)) => {
+            let _ = tokio::try_join!(
+                client.forward_rest(&mut vendor_write, &captured.activity),
+                vendor.forward_rest(&mut client_write, &captured.activity)
+            );
+            // The exchange (if the handshake got that far) owns the bytes until the end, and
+            // its line is written after the vendor socket closed.
+            drop((vendor, vendor_write));
+            drop(exchange);
+        }
+        Err(_) => {}
     }
+}
+
+/// How a handshake ended.
+enum Handshake {
+    /// The vendor opened a tunnel.
+    Tunnel(Exchange),
+    /// The connection continues as bytes, counted to this exchange if there was one.
+    Bytes(Option<Exchange>),
 }
 
 /// Reads one whole message and forwards it. `Ok(None)`: the stream ended or the message was not
@@ -66,7 +87,7 @@ async fn pass<R, W, T>(
     from: &mut Inbound<R>,
     to: &mut W,
     parse: impl Fn(&[u8]) -> socks5::Parsed<T>,
-) -> Result<Option<T>, CopyError>
+) -> io::Result<Option<T>>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -81,26 +102,20 @@ where
     }
 }
 
-/// Follows the handshake; the exchange of an opened CONNECT tunnel, or `None` when the
-/// connection continues as bytes.
-async fn handshake<CR, CW, VR, VW>(
+/// Follows the handshake.
+async fn handshake(
     captured: &Captured,
-    client: &mut Inbound<CR>,
-    client_write: &mut CW,
-    vendor: &mut Inbound<VR>,
-    vendor_write: &mut VW,
-) -> Result<Option<Exchange>, CopyError>
-where
-    CR: AsyncRead + Unpin,
-    CW: AsyncWrite + Unpin,
-    VR: AsyncRead + Unpin,
-    VW: AsyncWrite + Unpin,
-{
+    client: &mut Inbound<ClientRead>,
+    client_write: &mut ClientWrite,
+    vendor: &mut Inbound<VendorRead>,
+    vendor_write: &mut VendorWrite,
+) -> io::Result<Handshake> {
+    let bytes = Ok(Handshake::Bytes(None));
     if pass(client, vendor_write, socks5::greeting)
         .await?
         .is_none()
     {
-        return Ok(None);
+        return bytes;
     }
     match pass(vendor, client_write, socks5::method_choice).await? {
         Some(METHOD_NONE) => {}
@@ -109,52 +124,88 @@ where
                 .await?
                 .is_none()
             {
-                return Ok(None);
+                return bytes;
             }
             match pass(vendor, client_write, socks5::credentials_status).await? {
                 Some(true) => {}
                 Some(false) => {
-                    captured
-                        .shared
-                        .metrics
-                        .upstream_error(&captured.vendor, UpstreamErrorReason::VendorAuth);
-                    return Ok(None);
+                    let exchange = credentials_refused(captured, vendor, vendor_write);
+                    return Ok(Handshake::Bytes(Some(exchange)));
                 }
-                None => return Ok(None),
+                None => return bytes,
             }
         }
         // No acceptable method (0xFF), GSSAPI, or a vendor's own method.
-        _ => return Ok(None),
+        _ => return bytes,
     }
     let request = match client.message(socks5::request).await {
         Ok(Some((request, len))) => (request, len),
-        Ok(None) | Err(None) => return Ok(None),
+        Ok(None) | Err(None) => return bytes,
         Err(Some(error)) => return Err(error),
     };
     let (socks5::Request { command, target }, len) = request;
     let (Command::Connect, Some(target)) = (command, target) else {
-        return Ok(None);
+        return bytes;
     };
     let mut exchange = captured.exchange(Protocol::Socks5, &target, "CONNECT", None);
-    captured.tally.hand_over_to(exchange.attribution().clone());
+    take_over(captured, &exchange, vendor, vendor_write);
     client.forward(len, vendor_write).await?;
     match vendor.message(socks5::reply).await {
         Ok(Some((code, len))) => {
-            exchange.responded(socks5::reply_status(code));
+            let status = socks5::reply_status(code);
+            if code == 0 {
+                exchange.responded(status);
+            } else {
+                exchange.vendor_refused(status, UpstreamErrorReason::TunnelRefused);
+            }
             vendor.forward(len, client_write).await?;
-            Ok((code == 0).then_some(exchange))
+            Ok(if code == 0 {
+                Handshake::Tunnel(exchange)
+            } else {
+                Handshake::Bytes(Some(exchange))
+            })
         }
         Ok(None) => {
             exchange.vendor_went_away(UpstreamErrorReason::Reset);
-            Ok(None)
+            Ok(Handshake::Bytes(Some(exchange)))
         }
         Err(None) => {
             exchange.vendor_went_away(UpstreamErrorReason::Protocol);
-            Ok(None)
+            Ok(Handshake::Bytes(Some(exchange)))
         }
         Err(Some(error)) => {
             exchange.vendor_went_away(UpstreamErrorReason::Reset);
             Err(error)
         }
     }
+}
+
+/// Points both directions of the vendor socket at `exchange`, which takes over the bytes the
+/// handshake counted so far.
+fn take_over(
+    captured: &Captured,
+    exchange: &Exchange,
+    vendor: &mut Inbound<VendorRead>,
+    vendor_write: &mut VendorWrite,
+) {
+    exchange.attribution().absorb(&captured.attribution);
+    vendor.io.attribute_to(exchange.attribution().clone());
+    vendor_write.attribute_to(exchange.attribution().clone());
+}
+
+/// The vendor refused the crawler's credentials: an exchange of its own, whose destination was
+/// never said, answered 407 by the vendor.
+fn credentials_refused(
+    captured: &Captured,
+    vendor: &mut Inbound<VendorRead>,
+    vendor_write: &mut VendorWrite,
+) -> Exchange {
+    let unsaid = Authority {
+        host: Host::Name(pt_metrics::caps::UNKNOWN.into()),
+        port: 0,
+    };
+    let mut exchange = captured.exchange(Protocol::Socks5, &unsaid, "CONNECT", None);
+    take_over(captured, &exchange, vendor, vendor_write);
+    exchange.vendor_refused(CREDENTIALS_REFUSED, UpstreamErrorReason::VendorAuth);
+    exchange
 }

@@ -188,6 +188,7 @@ pub struct ClientsConfig {
     /// The password clients must present; `None` when client authentication is off.
     pub password: Option<SecretString>,
     pub allowed_sources: Vec<Cidr>,
+    pub insecure_allow_public_sources: bool,
 }
 
 /// Where the `source_namespace` / `source_pod` / `source_workload` labels come from.

@@ -164,6 +164,10 @@ pub struct RawClients {
     pub password_file: Option<String>,
     /// CIDR blocks clients may connect from; empty means any.
     pub allowed_sources: Vec<String>,
+    /// Accept client blocks that contain public addresses without a client password. Off, a
+    /// listener reachable from outside loopback needs a password or private source blocks only:
+    /// anything else is an open proxy on the Internet.
+    pub insecure_allow_public_sources: bool,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]

@@ -77,12 +77,17 @@ pub(crate) fn validate(raw: &RawConfig, env: &Env) -> Result<MeterConfig, Config
             if address.port() != 0 && !seen.insert(address) {
                 errors.push(format!("{path}.address"), "address is used twice");
             }
-            let open = clients.password.is_none() && clients.allowed_sources.is_empty();
+            let public_sources = clients.allowed_sources.is_empty()
+                || clients.allowed_sources.iter().any(has_public_addresses);
+            let open = clients.password.is_none()
+                && public_sources
+                && !clients.insecure_allow_public_sources;
             if !address.ip().is_loopback() && open {
                 errors.push(
                     format!("{path}.address"),
-                    "a listener on a non-loopback address needs clients.password_env, \
-                     clients.password_file or clients.allowed_sources (no open proxy)",
+                    "a listener on a non-loopback address needs clients.password_env or \
+                     clients.password_file, or clients.allowed_sources with private blocks \
+                     only (no open proxy; clients.insecure_allow_public_sources overrides)",
                 );
             }
             listeners.push(ListenerConfig { address, vendor });
@@ -382,7 +387,30 @@ fn clients(raw: &RawClients, env: &Env, errors: &mut Errors) -> ClientsConfig {
     ClientsConfig {
         password,
         allowed_sources,
+        insecure_allow_public_sources: raw.insecure_allow_public_sources,
     }
+}
+
+/// Address blocks with no public address in them: private, shared (CGNAT), loopback and
+/// link-local space. Client sources within these cannot make the meter an open proxy.
+const NON_PUBLIC_BLOCKS: [&str; 9] = [
+    "10.0.0.0/8",
+    "172.16.0.0/12",
+    "192.168.0.0/16",
+    "100.64.0.0/10",
+    "127.0.0.0/8",
+    "169.254.0.0/16",
+    "fc00::/7",
+    "fe80::/10",
+    "::1/128",
+];
+
+/// Whether `block` holds addresses reachable from the Internet.
+fn has_public_addresses(block: &Cidr) -> bool {
+    !NON_PUBLIC_BLOCKS
+        .iter()
+        .filter_map(|b| b.parse::<Cidr>().ok())
+        .any(|private| block.is_within(&private))
 }
 
 fn routing(
@@ -765,6 +793,34 @@ mod tests {
         );
         let errors = load_str(&text, &Env::new()).unwrap_err();
         assert_eq!(errors.0[0].path, "identity.kubernetes.node_env");
+    }
+
+    #[test]
+    fn a_listener_open_to_the_internet_without_a_password_is_refused() {
+        let config = |clients: &str| {
+            format!(
+                "listeners:\n  - address: \"0.0.0.0:3128\"\nclients:\n{clients}vendors:\n  - name: a\n    url: http://p.example:1\n"
+            )
+        };
+        let refused = |clients: &str| {
+            let errors = load_str(&config(clients), &Env::new()).unwrap_err();
+            assert_eq!(errors.0[0].path, "listeners[0].address", "{clients}");
+        };
+        refused("  allowed_sources: []\n");
+        refused("  allowed_sources: [\"0.0.0.0/0\"]\n");
+        refused("  allowed_sources: [\"0.0.0.0/1\", \"128.0.0.0/1\"]\n");
+        refused("  allowed_sources: [\"10.0.0.0/8\", \"203.0.113.0/24\"]\n");
+        refused("  allowed_sources: [\"::/0\"]\n");
+        let accepted = |clients: &str| {
+            load_str(&config(clients), &Env::new()).unwrap_or_else(|e| panic!("{clients}: {e:?}"));
+        };
+        accepted("  allowed_sources: [\"10.0.0.0/8\", \"100.64.0.0/10\", \"fd00::/8\"]\n");
+        accepted("  allowed_sources: [\"0.0.0.0/0\"]\n  insecure_allow_public_sources: true\n");
+        let with_password = load_str(
+            &config("  password_env: P\n"),
+            &crate::test_env(&[("P", "secret")]),
+        );
+        assert!(with_password.is_ok());
     }
 
     #[test]

@@ -157,3 +157,131 @@ async fn a_silent_vendor_times_out_with_504() {
         2
     );
 }
+
+/// Sends `count` keep-alive GETs over one client connection; returns the statuses.
+async fn keep_alive_gets(proxy: &ProxyEndpoint, count: usize) -> Vec<u16> {
+    let mut sender = pt_load::client::http1(proxy.dial(support::counters()).await.unwrap())
+        .await
+        .unwrap();
+    let mut statuses = Vec::with_capacity(count);
+    for i in 0..count {
+        sender.ready().await.unwrap();
+        let request = pt_testkit::paths::absolute(
+            proxy,
+            http::Method::GET,
+            "shop-a.test",
+            &format!("/n/{i}"),
+            pt_load::client::empty(),
+        );
+        let response = sender.send_request(request).await.unwrap();
+        statuses.push(response.status().as_u16());
+        pt_load::client::drain(response.into_body()).await.unwrap();
+    }
+    statuses
+}
+
+/// The access log's (sent, received) bytes over every line.
+fn logged_bytes(meter: &pt_testkit::meter::TestMeter) -> (u64, u64) {
+    meter
+        .access_log
+        .lines()
+        .iter()
+        .fold((0, 0), |(s, r), line| {
+            let value: serde_json::Value = serde_json::from_str(line).unwrap();
+            (
+                s + value["sent_bytes"].as_u64().unwrap(),
+                r + value["received_bytes"].as_u64().unwrap(),
+            )
+        })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vendor_that_closes_kept_alive_connections_fails_no_request() {
+    // The vendor answers the first request of each connection and drops the connection when a
+    // second one arrives on it (a keep-alive timeout firing as the request comes in): every such
+    // request is sent again on a fresh connection; the failed attempts' bytes stay counted.
+    for fault in [Fault::DropSecondRequest, Fault::CloseAfterResponse] {
+        let vendor = FakeVendor::builder().fault(fault).start().await;
+        let meter = meter_with(&vendor.address.to_string(), "").await;
+        let proxy = ProxyEndpoint::new(meter.proxy());
+        let statuses = keep_alive_gets(&proxy, 1000).await;
+        assert!(statuses.iter().all(|s| *s == 200), "{fault:?}");
+        let scrape = support::settle(|| async {
+            let scrape = meter.scrape().await;
+            (vendor.books_match(&scrape), scrape)
+        })
+        .await;
+        vendor.assert_metered_exactly(&scrape, &[]);
+        assert_eq!(
+            scrape.sum("proxy_requests_total", &[("status_class", "2xx")]),
+            1000,
+            "{fault:?}"
+        );
+        assert_eq!(
+            scrape.sum("proxy_upstream_errors_total", &[]),
+            0,
+            "{fault:?}"
+        );
+        assert_eq!(
+            logged_bytes(&meter),
+            (vendor.bytes_from_meter(), vendor.bytes_to_meter())
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_truncated_body_is_a_vendor_cut_with_every_byte_counted_and_logged() {
+    let vendor = FakeVendor::builder().fault(Fault::Truncated).start().await;
+    let meter = meter_with(&vendor.address.to_string(), "").await;
+    let proxy = ProxyEndpoint::new(meter.proxy());
+    let answer = get(&proxy, "shop-a.test").await;
+    assert_eq!(answer.status, 200);
+    assert!(answer.body.is_err(), "the client sees the body cut short");
+    let scrape = support::settle(|| async {
+        let scrape = meter.scrape().await;
+        (
+            vendor.books_match(&scrape) && meter.access_log.lines().len() == 1,
+            scrape,
+        )
+    })
+    .await;
+    vendor.assert_metered_exactly(&scrape, &[]);
+    assert_eq!(reason_count(&scrape, "reset"), 1);
+    let line: serde_json::Value = serde_json::from_str(&meter.access_log.lines()[0]).unwrap();
+    assert_eq!(line["outcome"], "vendor_cut");
+    assert_eq!(line["status"], 200);
+    assert_eq!(
+        logged_bytes(&meter),
+        (vendor.bytes_from_meter(), vendor.bytes_to_meter())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vendors_own_error_status_reaches_the_client_as_an_answer() {
+    let vendor = FakeVendor::builder()
+        .fault(Fault::Status(503))
+        .start()
+        .await;
+    let meter = meter_with(&vendor.address.to_string(), "").await;
+    let proxy = ProxyEndpoint::new(meter.proxy());
+    let statuses = keep_alive_gets(&proxy, 3).await;
+    assert_eq!(statuses, [503, 503, 503]);
+    let scrape = support::settle(|| async {
+        let scrape = meter.scrape().await;
+        (vendor.books_match(&scrape), scrape)
+    })
+    .await;
+    assert_eq!(
+        scrape.sum("proxy_requests_total", &[("status_class", "5xx")]),
+        3
+    );
+    assert_eq!(scrape.sum("proxy_upstream_errors_total", &[]), 0);
+    assert_eq!(vendor.connections().len(), 1, "the connection was kept");
+    for line in meter.access_log.lines() {
+        let line: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(
+            (line["outcome"].as_str(), line["status"].as_u64()),
+            (Some("ok"), Some(503))
+        );
+    }
+}

@@ -161,6 +161,15 @@ impl Cidr {
     }
 }
 
+impl Cidr {
+    /// Whether every address of this block lies in `other`.
+    pub fn is_within(&self, other: &Cidr) -> bool {
+        self.is_ipv4() == other.is_ipv4()
+            && other.prefix <= self.prefix
+            && other.contains(self.network)
+    }
+}
+
 impl From<IpAddr> for Cidr {
     /// The block of one address (a /32 or /128).
     fn from(network: IpAddr) -> Cidr {

@@ -51,7 +51,21 @@ pub enum Fault {
     ResetMidBody,
     /// Reads whatever comes and never answers.
     Blackhole,
+    /// Answers each request `200` with a 5-byte body and keeps the connection, but closes it
+    /// (FIN, no answer) when the second request on it arrives: a keep-alive timeout that fires
+    /// just as the client reuses the connection.
+    DropSecondRequest,
+    /// Answers `200` with a 5-byte body and no `Connection: close`, then closes the connection,
+    /// as tinyproxy does.
+    CloseAfterResponse,
+    /// Answers `200` announcing 1,000 body bytes, sends [`TRUNCATED_AFTER`] and closes (FIN).
+    Truncated,
+    /// Answers every request with this status and a short body, keeping the connection.
+    Status(u16),
 }
+
+/// Body bytes a [`Fault::Truncated`] vendor sends before closing.
+pub const TRUNCATED_AFTER: usize = 400;
 
 /// Body bytes a [`Fault::ResetMidBody`] vendor sends before resetting.
 pub const RESET_AFTER: usize = 1000;
@@ -603,17 +617,28 @@ async fn forward(request: Request<Incoming>, destination: SocketAddr) -> Respons
     }
 }
 
-/// The fault modes, on the raw (recorded) socket.
-async fn misbehave(mut io: Recorder, fault: Fault) {
+/// Reads one request head (and whatever came with it); `None` at the end of the stream.
+async fn read_head(io: &mut Recorder) -> Option<Vec<u8>> {
     let mut head = Vec::new();
     let mut buf = [0u8; 4096];
-    // Read one request head.
     while !head.windows(4).any(|w| w == b"\r\n\r\n") {
         match io.read(&mut buf).await {
-            Ok(0) | Err(_) => return,
+            Ok(0) | Err(_) => return None,
             Ok(n) => head.extend_from_slice(&buf[..n]),
         }
     }
+    Some(head)
+}
+
+/// The answer of the raw fault modes.
+const HELLO: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello";
+
+/// The fault modes, on the raw (recorded) socket.
+async fn misbehave(mut io: Recorder, fault: Fault) {
+    let mut buf = [0u8; 4096];
+    let Some(head) = read_head(&mut io).await else {
+        return;
+    };
     match fault {
         Fault::None => {}
         Fault::AlwaysDenyAuth => {
@@ -646,6 +671,32 @@ async fn misbehave(mut io: Recorder, fault: Fault) {
                 Ok(_) => {}
             }
         },
+        Fault::DropSecondRequest => {
+            if io.write_all(HELLO).await.is_ok() && read_head(&mut io).await.is_some() {
+                let _ = io.shutdown().await;
+            }
+        }
+        Fault::CloseAfterResponse => {
+            let _ = io.write_all(HELLO).await;
+            let _ = io.shutdown().await;
+        }
+        Fault::Truncated => {
+            let _ = io
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n")
+                .await;
+            let _ = io.write_all(&[b't'; TRUNCATED_AFTER]).await;
+            let _ = io.shutdown().await;
+        }
+        Fault::Status(status) => {
+            let mut next = Some(head);
+            while next.is_some() {
+                let answer = format!("HTTP/1.1 {status} Fault\r\nContent-Length: 6\r\n\r\nfault\n");
+                if io.write_all(answer.as_bytes()).await.is_err() {
+                    return;
+                }
+                next = read_head(&mut io).await;
+            }
+        }
     }
 }
 

@@ -4,7 +4,7 @@
 //! store); a watchdog task compares it with the timeout. It uses Tokio's clock so tests can run
 //! with paused time.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -13,6 +13,9 @@ use tokio::time::Instant;
 pub struct Activity {
     epoch: Instant,
     last_ms: AtomicU64,
+    /// A read, or a write, through a [`Touching`] socket is waiting on its peer right now.
+    reading: AtomicBool,
+    writing: AtomicBool,
 }
 
 impl Default for Activity {
@@ -20,6 +23,8 @@ impl Default for Activity {
         Activity {
             epoch: Instant::now(),
             last_ms: AtomicU64::new(0),
+            reading: AtomicBool::new(false),
+            writing: AtomicBool::new(false),
         }
     }
 }
@@ -34,6 +39,31 @@ impl Activity {
     pub fn idle_for(&self) -> Duration {
         let last = Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
         self.epoch.elapsed().saturating_sub(last)
+    }
+
+    /// Resolves once neither side moved a byte for `timeout`, with the side the exchange is
+    /// stuck on: the client when the meter waits to write to it (it stopped reading) or to read
+    /// the rest of its request (`request_done` false: the vendor cannot be expected to answer
+    /// an unfinished request); the vendor otherwise.
+    pub async fn stuck_on(
+        client: &Activity,
+        vendor: &Activity,
+        request_done: impl Fn() -> bool,
+        timeout: Duration,
+    ) -> crate::exchange::Side {
+        loop {
+            let quiet = client.idle_for().min(vendor.idle_for());
+            if quiet >= timeout {
+                let waiting_on_client = client.writing.load(Ordering::Relaxed)
+                    || (client.reading.load(Ordering::Relaxed) && !request_done());
+                return if waiting_on_client {
+                    crate::exchange::Side::Client
+                } else {
+                    crate::exchange::Side::Vendor
+                };
+            }
+            tokio::time::sleep(timeout - quiet).await;
+        }
     }
 
     /// Resolves once idle for `timeout`, unless `busy()` says otherwise at that moment.
@@ -77,6 +107,9 @@ impl<T: tokio::io::AsyncRead> tokio::io::AsyncRead for Touching<T> {
         let this = self.project();
         let before = buf.filled().len();
         let result = this.io.poll_read(cx, buf);
+        this.clock
+            .reading
+            .store(result.is_pending(), Ordering::Relaxed);
         if buf.filled().len() > before {
             this.clock.touch();
         }
@@ -92,6 +125,9 @@ impl<T: tokio::io::AsyncWrite> tokio::io::AsyncWrite for Touching<T> {
     ) -> std::task::Poll<std::io::Result<usize>> {
         let this = self.project();
         let result = this.io.poll_write(cx, buf);
+        this.clock
+            .writing
+            .store(result.is_pending(), Ordering::Relaxed);
         if matches!(result, std::task::Poll::Ready(Ok(n)) if n > 0) {
             this.clock.touch();
         }

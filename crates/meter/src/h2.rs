@@ -477,6 +477,18 @@ async fn forward(
         Some(name) => values(&parts.headers, name),
         None => Vec::new(),
     };
+    // A body that fits in hand is read whole before anything goes to the vendor: a length
+    // mismatch or forbidden trailers are refused with nothing forwarded, and the request can be
+    // sent again on a fresh connection.
+    let length = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let body = match gather(body).await {
+        Ok(body) => body,
+        Err(failure) => return refuse(failure),
+    };
     let meter_request = MeterRequest {
         protocol: Protocol::H2,
         method: &method,
@@ -509,18 +521,13 @@ async fn forward(
         .position(|v| std::ptr::eq(v, vendor))
         .unwrap_or(0);
 
-    // The head sent to the vendor.
-    let length = parts
-        .headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    let framing = if body.is_end_stream() {
-        Framing::Empty
-    } else if let Some(n) = length {
-        Framing::Length(n)
-    } else {
-        Framing::Chunked
+    let framing = match &body {
+        RequestBody::InHand(data) if data.is_empty() && length.is_none() => Framing::Empty,
+        RequestBody::InHand(data) => Framing::Length(data.len() as u64),
+        RequestBody::Streaming { .. } => match length {
+            Some(n) => Framing::Length(n),
+            None => Framing::Chunked,
+        },
     };
     let mut head = Vec::with_capacity(512);
     head.extend_from_slice(method.as_bytes());
@@ -574,7 +581,11 @@ async fn forward(
                 return answer(error.failure, Some(vendor.name.as_str()));
             }
         };
-        let sent = send(&ctx, &mut vendor_conn, &head, body.take(), framing, kind).await;
+        let attempt = match &body {
+            Some(RequestBody::InHand(data)) => Some(RequestBody::InHand(data.clone())),
+            _ => body.take(),
+        };
+        let sent = send(&ctx, &mut vendor_conn, &head, attempt, framing, kind).await;
         match sent {
             Ok(Sent {
                 head: response,
@@ -645,7 +656,7 @@ async fn send(
     ctx: &Context,
     conn: &mut VendorConn,
     head: &[u8],
-    body: Option<Incoming>,
+    body: Option<RequestBody>,
     framing: Framing,
     kind: RequestKind,
 ) -> Result<Sent, Failed> {
@@ -653,11 +664,17 @@ async fn send(
     let (read, write) = (&mut stream.read, &mut stream.write);
     let reset = |e: io::Error| Error::new(Failure::Upstream(UpstreamErrorReason::Reset), e);
     let upload = async {
-        write.write_all(head).await.map_err(reset)?;
-        if let Some(body) = body
-            && framing != Framing::Empty
-        {
-            upload(body, write, framing == Framing::Chunked).await?;
+        match body {
+            None => write.write_all(head).await.map_err(reset)?,
+            Some(RequestBody::InHand(data)) => message::write_two(write, head, &data)
+                .await
+                .map_err(reset)?,
+            Some(RequestBody::Streaming { first, rest }) => {
+                let chunked = framing == Framing::Chunked;
+                write.write_all(head).await.map_err(reset)?;
+                write_data(write, &first, chunked).await.map_err(reset)?;
+                upload(rest, write, chunked).await?;
+            }
         }
         Ok::<(), Error>(())
     };
@@ -703,7 +720,71 @@ async fn send(
     }
 }
 
-/// Writes an HTTP/2 request body to the vendor: as is (with its `content-length`) or chunked.
+/// Largest request body read whole before the request goes to the vendor. Crawler uploads
+/// (form posts, API calls) fit; a larger body streams.
+const MAX_BODY_IN_HAND: usize = 64 * 1024;
+
+/// An HTTP/2 request body, as the vendor will get it.
+enum RequestBody {
+    /// All of it (perhaps nothing).
+    InHand(Bytes),
+    /// The first part, and the stream of the rest.
+    Streaming { first: Bytes, rest: Incoming },
+}
+
+/// Reads the body while it fits in hand; refuses trailers no trailer section may carry.
+async fn gather(mut body: Incoming) -> Result<RequestBody, Failure> {
+    let mut data = BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        // The HTTP/2 layer reset the stream (a length mismatch, say): the client gets no answer.
+        let frame = frame.map_err(|_| Failure::ClientGone)?;
+        match frame.into_data() {
+            Ok(chunk) => {
+                data.extend_from_slice(&chunk);
+                if data.len() > MAX_BODY_IN_HAND {
+                    return Ok(RequestBody::Streaming {
+                        first: data.freeze(),
+                        rest: body,
+                    });
+                }
+            }
+            Err(frame) => check_trailers(frame)?,
+        }
+    }
+    Ok(RequestBody::InHand(data.freeze()))
+}
+
+/// Trailers are not forwarded; ones that carry fields a trailer section may not, or that are
+/// empty (only pseudo-headers, which the HTTP/2 layer drops), make the request malformed.
+fn check_trailers(frame: Frame<Bytes>) -> Result<(), Failure> {
+    match frame.into_trailers() {
+        Ok(trailers) if trailers.is_empty() || trailers.keys().any(forbidden_in_trailers) => {
+            Err(Failure::Rejected(RejectReason::BadRequest))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Writes a piece of body data: as is, or as one chunk.
+async fn write_data<W: AsyncWrite + Unpin>(
+    to: &mut W,
+    data: &[u8],
+    chunked: bool,
+) -> io::Result<()> {
+    if data.is_empty() {
+        return Ok(());
+    }
+    if chunked {
+        let size = format!("{:x}\r\n", data.len());
+        message::write_two(to, size.as_bytes(), data).await?;
+        to.write_all(b"\r\n").await
+    } else {
+        to.write_all(data).await
+    }
+}
+
+/// Writes the rest of an HTTP/2 request body to the vendor: as is (with its `content-length`)
+/// or chunked, ending a chunked body with its last chunk.
 async fn upload<W: AsyncWrite + Unpin>(
     mut body: Incoming,
     to: &mut W,
@@ -712,28 +793,9 @@ async fn upload<W: AsyncWrite + Unpin>(
     let reset = |e: io::Error| Error::new(Failure::Upstream(UpstreamErrorReason::Reset), e);
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| Error::new(Failure::ClientGone, io::Error::other(e)))?;
-        let frame = match frame.into_data() {
-            Ok(data) => {
-                if data.is_empty() {
-                    continue;
-                }
-                if chunked {
-                    let size = format!("{:x}\r\n", data.len());
-                    message::write_two(to, size.as_bytes(), &data)
-                        .await
-                        .map_err(reset)?;
-                    to.write_all(b"\r\n").await.map_err(reset)?;
-                } else {
-                    to.write_all(&data).await.map_err(reset)?;
-                }
-                continue;
-            }
-            Err(frame) => frame,
-        };
-        if let Ok(trailers) = frame.into_trailers()
-            && (trailers.is_empty() || trailers.keys().any(forbidden_in_trailers))
-        {
-            return Err(Failure::Rejected(RejectReason::BadRequest).into());
+        match frame.into_data() {
+            Ok(data) => write_data(to, &data, chunked).await.map_err(reset)?,
+            Err(frame) => check_trailers(frame)?,
         }
     }
     if chunked {

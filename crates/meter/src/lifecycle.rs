@@ -146,11 +146,11 @@ pub fn admit<'v>(
     } else {
         &gate.security.http_ports
     };
-    policy::check_port(ports, request.target.port)
-        .and_then(|()| match request.target.host.ip() {
-            Some(ip) => gate.own.check(SocketAddr::new(ip, request.target.port)),
-            None => Ok(()),
-        })
+    let own = match request.target.host.ip() {
+        Some(ip) => gate.own.check(SocketAddr::new(ip, request.target.port)),
+        None => Ok(()),
+    };
+    own.and_then(|()| policy::check_port(ports, request.target.port))
         .and_then(|()| policy::check_host(&gate.security, &request.target.host))
         .map_err(|f| refused(f, Some(vendor)))?;
 

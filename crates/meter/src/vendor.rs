@@ -349,8 +349,8 @@ async fn resolve(target: &Authority, timeout: Duration) -> Result<Vec<SocketAddr
 
 /// Reads a response head from the vendor into `buf` (which may already hold the start of it),
 /// answering a request of `kind`. The head is `buf[..head.len]`; what follows it stays in `buf`.
-pub async fn read_response_head(
-    read: &mut MeteredIo<OwnedReadHalf>,
+pub async fn read_response_head<R: tokio::io::AsyncRead + Unpin>(
+    read: &mut R,
     buf: &mut BytesMut,
     kind: RequestKind,
 ) -> Result<ResponseHead, Error> {

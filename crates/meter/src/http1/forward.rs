@@ -11,20 +11,25 @@
 //! once, on a fresh connection, when it is idempotent and its body is in hand (as nginx and
 //! HAProxy do). The failed attempt's bytes stay counted: the vendor saw them.
 
+use std::io;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use bytes::{Buf, BytesMut};
 use pt_metrics::labels::{Protocol, RejectReason, UpstreamErrorReason};
 use pt_sniff::http1::{Body, Framing, RequestKind};
 use pt_sniff::request::{FieldKind, PathRange, RequestHead, RequestTarget, Version};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
+use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::message::{self, BodyError, Mode, Outgoing};
 use super::{answer, values};
 use crate::access_log::redact_target;
-use crate::activity::Activity;
+use crate::activity::{Activity, Touching};
 use crate::context::Context;
-use crate::exchange::{Exchange, Outcome};
+use crate::exchange::{Exchange, Outcome, Side};
 use crate::failure::{Error, Failure};
 use crate::lifecycle::{self, Admitted, ConnInfo, Request};
 use crate::vendor::{self, Vendor, VendorConn};
@@ -260,12 +265,19 @@ async fn once(
     exchange: &mut Exchange,
 ) -> Attempt {
     let reused = vendor_conn.reused;
-    let activity = Activity::default();
-    let (mut client_read, mut client_write) = client.split();
-    let vendor_read = &mut vendor_conn.stream.read;
-    let vendor_write = &mut vendor_conn.stream.write;
+    // When bytes last moved on each side: an exchange on which nothing moved for the idle
+    // timeout is blamed on the side that went quiet first (a client that stopped reading or
+    // sending, or a vendor that stopped answering).
+    let (client_clock, vendor_clock) =
+        (Arc::new(Activity::default()), Arc::new(Activity::default()));
+    let (client_read, client_write) = client.split();
+    let mut client_read = Touching::new(client_read, client_clock.clone());
+    let mut client_write = Touching::new(client_write, client_clock.clone());
+    let vendor_read = &mut Touching::new(&mut vendor_conn.stream.read, vendor_clock.clone());
+    let vendor_write = &mut Touching::new(&mut vendor_conn.stream.write, vendor_clock.clone());
     let mut received_any = false;
     let mut answered = false;
+    let request_sent = RequestSent::default();
     let idle = ctx.limits.client_idle_timeout;
     let (result, up_result) = {
         let up = async {
@@ -277,8 +289,8 @@ async fn once(
             if let Err(e) = message::write_two(vendor_write, plan.out, &buf[..first]).await {
                 return Up::Failed(Error::new(Failure::Upstream(UpstreamErrorReason::Reset), e));
             }
-            activity.touch();
             if body.is_done() {
+                request_sent.done();
                 return Up::Sent;
             }
             buf.clear();
@@ -288,12 +300,14 @@ async fn once(
                 &mut client_read,
                 vendor_write,
                 Mode::AsIs,
-                &activity,
                 None,
             )
             .await
             {
-                Ok(()) => Up::Sent,
+                Ok(()) => {
+                    request_sent.done();
+                    Up::Sent
+                }
                 Err(BodyError::Framing) => {
                     Up::Failed(Failure::Rejected(RejectReason::BadFraming).into())
                 }
@@ -309,19 +323,27 @@ async fn once(
 
         let down = async {
             let mut rbuf = BytesMut::new();
-            let deadline = Instant::now() + ctx.vendors.response_timeout;
+            // The response timeout runs from when the whole request has left: a vendor is not
+            // expected to answer a request still arriving.
+            let mut deadline = None;
             let head = loop {
-                let read = tokio::time::timeout_at(
-                    deadline,
-                    vendor::read_response_head(vendor_read, &mut rbuf, plan.kind),
-                )
-                .await;
-                received_any |= !rbuf.is_empty();
-                let head = match read {
-                    Ok(Ok(head)) => head,
-                    Ok(Err(error)) => return Err(error),
-                    Err(_) => return Err(Failure::Upstream(UpstreamErrorReason::Timeout).into()),
+                let read = {
+                    let reading = vendor::read_response_head(vendor_read, &mut rbuf, plan.kind);
+                    tokio::pin!(reading);
+                    loop {
+                        tokio::select! {
+                            read = &mut reading => break read,
+                            () = request_sent.notify.notified(), if deadline.is_none() => {
+                                deadline = Some(Instant::now() + ctx.vendors.response_timeout);
+                            }
+                            () = sleep_until_some(deadline) => {
+                                return Err(Failure::Upstream(UpstreamErrorReason::Timeout).into());
+                            }
+                        }
+                    }
                 };
+                received_any |= !rbuf.is_empty();
+                let head = read?;
                 if !head.interim {
                     break head;
                 }
@@ -383,7 +405,6 @@ async fn once(
                 vendor_read,
                 &mut client_write,
                 mode,
-                &activity,
                 held,
             )
             .await
@@ -419,8 +440,15 @@ async fn once(
                     }
                 }
                 received = &mut down => break received.map_err(|e| (e, true)),
-                () = activity.idle(idle, || false) => {
-                    break Err((Failure::Upstream(UpstreamErrorReason::Timeout).into(), true));
+                quiet = Activity::stuck_on(&client_clock, &vendor_clock, || request_sent.is_done(), idle) => {
+                    let error = match quiet {
+                        Side::Client => Error::new(
+                            Failure::ClientGone,
+                            io::Error::new(io::ErrorKind::TimedOut, "the client went quiet"),
+                        ),
+                        Side::Vendor => Failure::Upstream(UpstreamErrorReason::Timeout).into(),
+                    };
+                    break Err((error, true));
                 }
                 () = ctx.drain.stopped.cancelled() => return Attempt::Stopped,
             }
@@ -465,5 +493,30 @@ async fn once(
                 Attempt::Failed { error, answered }
             }
         }
+    }
+}
+
+/// Tells the response pump when the whole request has left.
+#[derive(Default)]
+struct RequestSent {
+    done: AtomicBool,
+    notify: Notify,
+}
+
+impl RequestSent {
+    fn done(&self) {
+        self.done.store(true, Ordering::Relaxed);
+        self.notify.notify_one();
+    }
+
+    fn is_done(&self) -> bool {
+        self.done.load(Ordering::Relaxed)
+    }
+}
+
+async fn sleep_until_some(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
     }
 }

@@ -14,8 +14,6 @@ use pt_sniff::http1::{Body, FramingError};
 use pt_sniff::request::{FieldKind, RequestHead};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use crate::activity::Activity;
-
 /// Smallest and largest read while forwarding a body: a small response in one read; sixteen
 /// TLS-record-sized pieces at a time for bulk transfers. The read size doubles while reads
 /// fill it.
@@ -53,7 +51,6 @@ pub async fn forward_body<R, W>(
     from: &mut R,
     to: &mut W,
     mode: Mode,
-    activity: &Activity,
     mut last: Option<&mut Vec<u8>>,
 ) -> Result<(), BodyError>
 where
@@ -77,7 +74,6 @@ where
                 }
                 Mode::Dechunked => dechunk(body, buf, to).await?,
             }
-            activity.touch();
         }
         if body.is_done() {
             return Ok(());
@@ -97,7 +93,6 @@ where
                 Err(BodyError::Source(None))
             };
         }
-        activity.touch();
         if n >= read_size && read_size < MAX_READ {
             read_size *= 2;
         }
@@ -372,17 +367,9 @@ mod tests {
             .await
             .unwrap();
         let mut to = Vec::new();
-        forward_body(
-            &mut body,
-            &mut buf,
-            &mut from,
-            &mut to,
-            Mode::AsIs,
-            &Activity::default(),
-            None,
-        )
-        .await
-        .unwrap();
+        forward_body(&mut body, &mut buf, &mut from, &mut to, Mode::AsIs, None)
+            .await
+            .unwrap();
         assert_eq!(to, b"3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n");
         assert_eq!(&buf[..], b"GET http://next/ HTTP/1.1\r\n");
 
@@ -395,7 +382,6 @@ mod tests {
             &mut tokio::io::empty(),
             &mut to,
             Mode::Dechunked,
-            &Activity::default(),
             None,
         )
         .await
@@ -413,7 +399,6 @@ mod tests {
             &mut tokio::io::empty(),
             &mut Vec::new(),
             Mode::AsIs,
-            &Activity::default(),
             None,
         )
         .await;
@@ -426,7 +411,6 @@ mod tests {
             &mut tokio::io::empty(),
             &mut Vec::new(),
             Mode::AsIs,
-            &Activity::default(),
             None,
         )
         .await;

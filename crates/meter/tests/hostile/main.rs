@@ -1,0 +1,363 @@
+//! The project's own hostile-input suite: the catalogue of `docs/hostile-inputs.md`, made
+//! executable. Cases are generated per class; each asserts the exact answer, that a refused
+//! case put zero bytes on the recording fake vendor, and that the meter still serves afterwards.
+//! Every failure of a class is reported together.
+
+#![allow(clippy::unwrap_used)] // Tests: a failed unwrap is a failed test.
+
+#[path = "../support/mod.rs"]
+mod support;
+
+mod corpus;
+mod h2;
+mod h2raw;
+mod harness;
+mod limits;
+mod open_proxy;
+mod slow;
+mod smuggling;
+mod targets;
+
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use pt_testkit::meter::MeterSetup;
+use support::{VENDOR_PASSWORD, world};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_smuggling_is_refused_before_a_byte_is_forwarded() {
+    let world = world("").await;
+    let cases = smuggling::cases();
+    let failures = harness::run(&world.meter, &world.vendor, &cases).await;
+    harness::assert_none(&failures, cases.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_http_desync_guardian_corpus_is_answered_as_pinned() {
+    let world = world("").await;
+    let cases = corpus::cases();
+    assert!(cases.len() >= 150, "{} corpus cases", cases.len());
+    let failures = harness::run(&world.meter, &world.vendor, &cases).await;
+    harness::assert_none(&failures, cases.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn non_public_destinations_are_refused_before_any_dial() {
+    let world = world("").await;
+    let mut cases = targets::private_addresses();
+    cases.extend(targets::malformed());
+    let failures = harness::run(&world.meter, &world.vendor, &cases).await;
+    harness::assert_none(&failures, cases.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_direct_vendor_refuses_the_same_addresses_and_names_that_resolve_to_them() {
+    let world = world("").await;
+    let direct = MeterSetup::new()
+        .vendor("vendor-a", &world.vendor, Some(VENDOR_PASSWORD))
+        .vendor_yaml("  - name: direct\n    kind: direct\n")
+        .yaml("routing:\n  default_vendor: direct")
+        .spawn()
+        .await;
+    let mut cases = targets::private_addresses();
+    for name in ["localhost", "LOCALHOST", "localhost."] {
+        for (form, bytes) in [
+            (
+                "GET",
+                format!("GET http://{name}:8080/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"),
+            ),
+            (
+                "CONNECT",
+                format!("CONNECT {name}:443 HTTP/1.1\r\nHost: x\r\n\r\n"),
+            ),
+        ] {
+            cases.push(harness::Case::new(
+                "targets",
+                format!("{form} {name} (resolves to loopback)"),
+                bytes,
+                harness::Expect::Refused(403, "destination_not_allowed"),
+            ));
+        }
+    }
+    let healthy = b"GET http://shop-a.test/bytes/10 HTTP/1.1\r\nHost: shop-a.test\r\nX-Proxy-Vendor: vendor-a\r\nConnection: close\r\n\r\n";
+    let failures = harness::run_with_health(&direct, &world.vendor, &cases, healthy).await;
+    harness::assert_none(&failures, cases.len());
+    // Every refusal is counted once, names that resolved to a refused address included, and
+    // none of them as a request carried to a vendor: those are the health checks alone.
+    let scrape = direct.scrape().await;
+    assert_eq!(
+        scrape.sum("proxy_rejected_requests_total", &[]),
+        cases.len() as u64
+    );
+    assert_eq!(
+        scrape.sum("proxy_requests_total", &[("proxy_vendor", "vendor-a")]),
+        cases.len() as u64
+    );
+    assert_eq!(
+        scrape.sum("proxy_requests_total", &[("proxy_vendor", "direct")]),
+        0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_meter_never_proxies_to_itself_whatever_the_allow_list_says() {
+    let world =
+        world("security:\n  allowed_private_destinations: [\"127.0.0.0/8\", \"0.0.0.0/32\"]").await;
+    let cases = targets::own_sockets(world.meter.proxy().port(), world.meter.admin.port());
+    let failures = harness::run(&world.meter, &world.vendor, &cases).await;
+    harness::assert_none(&failures, cases.len());
+    let scrape = world.meter.scrape().await;
+    assert_eq!(
+        scrape.sum("proxy_rejected_requests_total", &[("reason", "loop")]),
+        cases.len() as u64
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_proxy_is_refused_to_clients_without_the_password() {
+    let pki = pt_testkit::pki::TestPki::new(&support::HOSTS);
+    let origin = pt_testkit::origin::Origin::start(&pki).await;
+    let vendor = support::vendor_for(&origin).await;
+    let meter = MeterSetup::new()
+        .vendor("vendor-a", &vendor, Some(VENDOR_PASSWORD))
+        .yaml("routing:\n  default_vendor: vendor-a\nclients:\n  password_env: CLIENT_PASSWORD")
+        .env("CLIENT_PASSWORD", open_proxy::PASSWORD)
+        .spawn()
+        .await;
+    let cases = open_proxy::credentials();
+    let failures = harness::run_with_health(&meter, &vendor, &cases, &open_proxy::healthy()).await;
+    harness::assert_none(&failures, cases.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ports_and_vendors_outside_the_configuration_are_refused() {
+    let world = world("").await;
+    let cases = open_proxy::ports_and_vendors();
+    let failures = harness::run(&world.meter, &world.vendor, &cases).await;
+    harness::assert_none(&failures, cases.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_heads_are_refused_with_their_status() {
+    let world = world("limits:\n  max_header_bytes: 16384\n  max_headers: 20").await;
+    let cases = limits::cases();
+    let failures = harness::run(&world.meter, &world.vendor, &cases).await;
+    harness::assert_none(&failures, cases.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_http2_requests_are_stream_errors_and_nothing_is_forwarded() {
+    let world = world("").await;
+    let cases = h2::malformed();
+    let failures = h2::run(&world.meter, &world.vendor, &cases).await;
+    harness::assert_none(&failures, cases.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_floods_end_the_connection_or_are_absorbed() {
+    let world = world("").await;
+    let cases = h2::floods();
+    let failures = h2::run(&world.meter, &world.vendor, &cases).await;
+    harness::assert_none(&failures, cases.len());
+}
+
+/// Timeouts short enough for a test, long enough for a loaded CI machine to meet them.
+const SLOW: &str =
+    "limits:\n  header_read_timeout: 500ms\n  client_idle_timeout: 1500ms\n  response_timeout: 1s";
+
+/// Whether `took` is the timeout `expected` (not earlier, and not much later).
+fn at(took: Option<Duration>, expected: Duration) -> bool {
+    took.is_some_and(|t| t >= expected.mul_f32(0.9) && t <= expected + Duration::from_millis(1500))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_and_silent_clients_are_closed_at_their_timeouts() {
+    let world = world(SLOW).await;
+    let address = world.meter.proxy();
+    let head = Duration::from_millis(500);
+    let idle = Duration::from_millis(1500);
+    let limit = Duration::from_secs(10);
+    let mut failures = Vec::new();
+    let mut check = |name: &str, ok: bool, detail: String| {
+        if !ok {
+            failures.push(format!("[slow] {name}: {detail}"));
+        }
+    };
+
+    let took = slow::silent(address, limit).await;
+    check(
+        "a silent connection",
+        at(took, head),
+        format!("closed after {took:?}"),
+    );
+
+    let request = b"GET http://shop-a.test/bytes/1 HTTP/1.1\r\nHost: shop-a.test\r\n\r\n";
+    let (took, answer) = slow::trickle(address, request, Duration::from_millis(50), limit).await;
+    check(
+        "a trickled HTTP/1.1 head",
+        at(took, head) && answer.starts_with(b"HTTP/1.1 408"),
+        format!("{took:?} {:?}", String::from_utf8_lossy(&answer)),
+    );
+
+    let (took, answer) = slow::trickle(
+        address,
+        pt_sniff::h2::PREFACE,
+        Duration::from_millis(50),
+        limit,
+    )
+    .await;
+    check(
+        "a trickled HTTP/2 preface",
+        at(took, head) && answer.is_empty(),
+        format!("{took:?} {answer:?}"),
+    );
+
+    // Preface and SETTINGS, then PINGs and nothing else: no request within the head timeout.
+    let mut client = h2raw::Client::connect(address).await;
+    let started = std::time::Instant::now();
+    let mut closed = None;
+    for i in 0..100u64 {
+        if !client
+            .send(&h2raw::frame(h2raw::PING, 0, 0, &i.to_be_bytes()))
+            .await
+        {
+            closed = Some(started.elapsed());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let closed = closed.or_else(|| None);
+    check(
+        "an HTTP/2 connection that never sends a request",
+        at(closed, head),
+        format!("closed after {closed:?}"),
+    );
+
+    // One request, then only PINGs: closed (GOAWAY) at the idle timeout after the stream ended.
+    let mut client = h2raw::Client::connect(address).await;
+    client
+        .send(&h2raw::headers(1, &h2raw::get_fields(b"/bytes/1"), true))
+        .await;
+    let answered = client.outcome(1, limit).await;
+    let started = std::time::Instant::now();
+    let mut outcome = h2raw::Outcome::Silent;
+    for i in 0..200u64 {
+        client
+            .send(&h2raw::frame(h2raw::PING, 0, 0, &i.to_be_bytes()))
+            .await;
+        outcome = client.outcome(0, Duration::from_millis(50)).await;
+        if outcome != h2raw::Outcome::Silent {
+            break;
+        }
+    }
+    let took = Some(started.elapsed());
+    check(
+        "an HTTP/2 connection with no stream, sending PINGs",
+        answered == h2raw::Outcome::Answered(200, None)
+            && outcome == h2raw::Outcome::GoAway(0)
+            && at(took, idle),
+        format!("{answered:?}, then {outcome:?} after {took:?}"),
+    );
+
+    // A keep-alive connection after its request: closed at the idle timeout.
+    let mut stream = TcpStream::connect(address).await.unwrap();
+    stream.write_all(request).await.unwrap();
+    let answer = harness::read_answer(&mut stream, false).await;
+    let started = std::time::Instant::now();
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(limit, stream.read_to_end(&mut rest)).await;
+    let took = Some(started.elapsed());
+    check(
+        "an idle keep-alive connection",
+        answer.status == Some(200) && at(took, idle),
+        format!("{:?} then closed after {took:?}", answer.status),
+    );
+
+    // A body that stops coming: the exchange ends at the idle timeout, blamed on the client.
+    let mut stream = TcpStream::connect(address).await.unwrap();
+    stream
+        .write_all(b"POST http://shop-a.test/up HTTP/1.1\r\nHost: shop-a.test\r\nContent-Length: 100\r\n\r\n0123456789")
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(limit, stream.read_to_end(&mut rest)).await;
+    let took = Some(started.elapsed());
+    check(
+        "a stalled body",
+        at(took, idle),
+        format!("closed after {took:?}"),
+    );
+
+    // A client that stops reading a large response: ended at the idle timeout.
+    let mut stream = TcpStream::connect(address).await.unwrap();
+    stream
+        .write_all(b"GET http://shop-a.test/bytes/200000000 HTTP/1.1\r\nHost: shop-a.test\r\n\r\n")
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let lines = || world.meter.access_log.lines();
+    let stalled = support::settle(|| async {
+        let done = lines().iter().any(|l| l.contains("/bytes/200000000"));
+        (done, ())
+    });
+    tokio::time::timeout(limit, stalled).await.ok();
+    let took = Some(started.elapsed());
+    let line = lines()
+        .into_iter()
+        .find(|l| l.contains("/bytes/200000000"))
+        .unwrap_or_default();
+    check(
+        "a client that stops reading",
+        at(took, idle) && line.contains("\"outcome\":\"client_cut\""),
+        format!("logged after {took:?}: {line}"),
+    );
+    drop(stream);
+    harness::assert_none(&failures, 8);
+    assert_eq!(
+        harness::send(&world.meter, harness::HEALTHY).await.status,
+        Some(200)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_trickling_their_first_bytes_do_not_lock_others_out() {
+    // Every slot held by a client trickling the HTTP/2 preface a byte at a time: such a
+    // connection has sent no request yet, so a new client takes its slot and is served.
+    let world = world("limits:\n  max_connections: 50\n  header_read_timeout: 3s").await;
+    let address = world.meter.proxy();
+    let mut tricklers = Vec::new();
+    for _ in 0..50 {
+        tricklers.push(tokio::spawn(slow::trickle(
+            address,
+            pt_sniff::h2::PREFACE,
+            Duration::from_millis(200),
+            Duration::from_secs(10),
+        )));
+    }
+    support::settle(|| async {
+        let open = world
+            .meter
+            .scrape()
+            .await
+            .sum("proxy_open_connections", &[]);
+        (open == 50, ())
+    })
+    .await;
+    let started = std::time::Instant::now();
+    for _ in 0..10 {
+        let answer = harness::send(&world.meter, harness::HEALTHY).await;
+        assert_eq!(answer.status, Some(200), "{}", answer.head);
+    }
+    assert!(started.elapsed() < Duration::from_secs(2), "served at once");
+    let scrape = world.meter.scrape().await;
+    assert_eq!(
+        scrape.sum("proxy_rejected_requests_total", &[("reason", "overloaded")]),
+        0
+    );
+    for trickler in tricklers {
+        trickler.abort();
+    }
+}

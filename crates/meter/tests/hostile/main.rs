@@ -228,7 +228,6 @@ async fn slow_and_silent_clients_are_closed_at_their_timeouts() {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let closed = closed.or_else(|| None);
     check(
         "an HTTP/2 connection that never sends a request",
         at(closed, head),

@@ -70,7 +70,26 @@ struct MeterProcess {
 
 impl MeterProcess {
     fn start(config: &std::path::Path, env: &[(&str, &str)]) -> MeterProcess {
-        let mut child = Command::new(BINARY)
+        MeterProcess::start_under(&[], config, env, |_| {})
+    }
+
+    /// Starts the meter under a wrapper command (`prlimit ...`), handing its stderr lines up to
+    /// the start line to `seen`.
+    fn start_under(
+        wrapper: &[&str],
+        config: &std::path::Path,
+        env: &[(&str, &str)],
+        mut seen: impl FnMut(&str),
+    ) -> MeterProcess {
+        let mut command = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut command = Command::new(program);
+                command.args(args).arg(BINARY);
+                command
+            }
+            None => Command::new(BINARY),
+        };
+        let mut child = command
             .args(["meter", "--config"])
             .arg(config)
             .envs(env.iter().copied())
@@ -83,6 +102,7 @@ impl MeterProcess {
         let line = lines
             .by_ref()
             .map(|l| l.unwrap())
+            .inspect(|l| seen(l))
             .find(|l| l.contains("meter serving"))
             .expect("the meter logs its addresses");
         // Keep draining stderr so the child never blocks on a full pipe.
@@ -611,4 +631,89 @@ fn the_fake_vendor_and_origin_processes_serve_the_cluster_demo() {
         .output()
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&denied.stdout), "407");
+}
+
+#[test]
+fn out_of_file_descriptors_the_meter_refuses_and_recovers_without_spinning() {
+    // Under a limit of 160 open files the meter lowers its connection bounds (and says so),
+    // answers a storm of 400 connections with counted 503s, rides out the moments the
+    // descriptors do run out, and serves again as soon as the storm is gone.
+    let dir = temp_dir("fd-limit");
+    let config = dir.join("meter.yaml");
+    let admin = free_port();
+    std::fs::write(
+        &config,
+        format!(
+            "listeners:\n  - address: \"127.0.0.1:0\"\nadmin:\n  address: \"127.0.0.1:{admin}\"\nvendors:\n  - name: direct\n    kind: direct\nrouting:\n  default_vendor: direct\nsecurity:\n  allowed_private_destinations: [\"127.0.0.0/8\"]\n  http_ports: [\"1-65535\"]\n"
+        ),
+    )
+    .unwrap();
+    let mut warnings = Vec::new();
+    let meter = MeterProcess::start_under(&["prlimit", "--nofile=160:160", "--"], &config, &[], |line| {
+        if line.contains("lowered") {
+            warnings.push(line.to_owned());
+        }
+    });
+    assert!(
+        warnings.iter().any(|w| w.contains("limits.max_connections")),
+        "{warnings:?}"
+    );
+    let origin = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let origin_address = origin.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in origin.incoming().flatten() {
+            let mut stream = stream;
+            let mut buf = [0u8; 1024];
+            let _ = std::io::Read::read(&mut stream, &mut buf);
+            let _ = std::io::Write::write_all(&mut stream, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok");
+        }
+    });
+    let get = format!(
+        "GET http://{origin_address}/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    );
+    let ask = || -> Option<String> {
+        let mut stream = std::net::TcpStream::connect(meter.proxy).ok()?;
+        stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+        std::io::Write::write_all(&mut stream, get.as_bytes()).ok()?;
+        let mut answer = String::new();
+        std::io::Read::read_to_string(&mut stream, &mut answer).ok()?;
+        Some(answer)
+    };
+    assert!(ask().is_some_and(|a| a.starts_with("HTTP/1.1 200")));
+
+    let cpu = || -> u64 {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", meter.child.id())).unwrap();
+        let fields: Vec<&str> = stat.rsplit(')').next().unwrap().split_whitespace().collect();
+        fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+    };
+    // 400 connections in the middle of a request head, held open.
+    let mut storm = Vec::new();
+    for _ in 0..400 {
+        if let Ok(mut stream) = std::net::TcpStream::connect(meter.proxy) {
+            let _ = std::io::Write::write_all(&mut stream, b"GET http://x/");
+            storm.push(stream);
+        }
+    }
+    let before = cpu();
+    std::thread::sleep(Duration::from_secs(2));
+    let spent = cpu() - before;
+    // Clock ticks are 10 ms: a spinning accept loop would burn most of the 200 in 2 s.
+    assert!(spent < 50, "{spent} ticks of CPU in 2 s with descriptors exhausted");
+    drop(storm);
+    let started = std::time::Instant::now();
+    let mut answer = None;
+    while started.elapsed() < Duration::from_secs(10) {
+        answer = ask();
+        if answer.as_deref().is_some_and(|a| a.starts_with("HTTP/1.1 200")) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(answer.as_deref().is_some_and(|a| a.starts_with("HTTP/1.1 200")), "{answer:?}");
+    assert!(started.elapsed() < Duration::from_secs(5), "recovered in {:?}", started.elapsed());
+    let metrics = curl(&[&format!("http://127.0.0.1:{admin}/metrics")]);
+    let scrape = Scrape::parse(&metrics).unwrap();
+    assert!(scrape.sum("proxy_rejected_requests_total", &[("reason", "overloaded")]) > 0);
+    let (status, _) = meter.terminate();
+    assert!(status.success());
 }

@@ -60,9 +60,12 @@ fn serve(config: pt_config::MeterConfig) -> anyhow::Result<()> {
                     .context("the configured identity has no resolver")?,
             };
             let running = pt_meter::start_with(config, access_log, identity).await?;
+            let (max_connections, max_vendor_connections) = running.connection_limits;
             tracing::info!(
                 listeners = ?running.proxy_addresses,
                 admin = %running.admin_address,
+                max_connections,
+                max_vendor_connections,
                 "meter serving"
             );
             super::shutdown_signal()

@@ -91,6 +91,8 @@ pub struct Client {
     pub stream: TcpStream,
     decoder: hpack::Decoder<'static>,
     buf: Vec<u8>,
+    /// Outcomes of other streams read while waiting for one.
+    seen: std::collections::HashMap<u32, Outcome>,
 }
 
 /// Error codes (RFC 9113 §7).
@@ -108,6 +110,7 @@ impl Client {
             stream,
             decoder: hpack::Decoder::new(),
             buf: Vec::new(),
+            seen: std::collections::HashMap::new(),
         }
     }
 
@@ -143,6 +146,9 @@ impl Client {
     /// What happens to `stream`: its response head, its reset, or the connection's end.
     /// SETTINGS, PING and WINDOW_UPDATE frames on the way are answered or skipped.
     pub async fn outcome(&mut self, stream: u32, wait: Duration) -> Outcome {
+        if let Some(outcome) = self.seen.remove(&stream) {
+            return outcome;
+        }
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
@@ -153,8 +159,9 @@ impl Client {
                     Outcome::Closed
                 };
             };
-            match kind {
-                HEADERS if id == stream => {
+            let outcome = match kind {
+                HEADERS => {
+                    // Decoded whatever the stream, to keep the decoder's table in step.
                     let fields = self.decoder.decode(&payload).unwrap_or_default();
                     let find = |name: &[u8]| {
                         fields
@@ -163,17 +170,11 @@ impl Client {
                             .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
                     };
                     let status = find(b":status").and_then(|s| s.parse().ok()).unwrap_or(0);
-                    return Outcome::Answered(status, find(b"x-proxy-telemetry-error"));
+                    Outcome::Answered(status, find(b"x-proxy-telemetry-error"))
                 }
-                HEADERS => {
-                    // Keep the decoder's table in step.
-                    let _ = self.decoder.decode(&payload);
-                }
-                RST_STREAM if id == stream => {
-                    return Outcome::Reset(u32::from_be_bytes(
-                        payload[..4].try_into().unwrap_or([0; 4]),
-                    ));
-                }
+                RST_STREAM => Outcome::Reset(u32::from_be_bytes(
+                    payload[..4].try_into().unwrap_or([0; 4]),
+                )),
                 GOAWAY => {
                     return Outcome::GoAway(u32::from_be_bytes(
                         payload[4..8].try_into().unwrap_or([0; 4]),
@@ -181,9 +182,15 @@ impl Client {
                 }
                 SETTINGS if flags & 0x1 == 0 => {
                     let _ = self.send(&frame(SETTINGS, 0x1, 0, &[])).await;
+                    continue;
                 }
-                _ => {}
+                _ => continue,
+            };
+            if id == stream {
+                return outcome;
             }
+            // The first thing that happened to another stream is its outcome.
+            self.seen.entry(id).or_insert(outcome);
         }
     }
 }

@@ -19,6 +19,12 @@ pub enum Expect {
     RefusedKeepingConnection(u16, &'static str),
     /// Forwarded to the vendor as one request, answered with this status.
     Forwarded(u16),
+    /// The vendor leg failed: the meter's own answer with this status and reason (what
+    /// crossed the vendor socket before the failure is counted, not refused).
+    VendorFailed(u16, &'static str),
+    /// Answered with this status, then cut short (the connection closes before the body's
+    /// end, or, for a tunnel, after what the vendor sent).
+    Cut(u16),
 }
 
 /// One hostile input.
@@ -52,6 +58,10 @@ pub struct Answer {
     pub status: Option<u16>,
     pub reason: Option<String>,
     pub head: String,
+    /// What arrived of the body.
+    pub body: Vec<u8>,
+    /// The body arrived whole (by its `Content-Length`).
+    pub complete: bool,
     /// The meter closed the connection after the answer.
     pub closed: bool,
 }
@@ -62,37 +72,62 @@ const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
 /// Reads one answer: its head, its body by `Content-Length` (none for a `HEAD` request), and
 /// whether the connection then closes (within a short wait).
 pub async fn read_answer(stream: &mut TcpStream, head_request: bool) -> Answer {
+    read_answer_to(stream, head_request, false).await
+}
+
+/// Reads one answer; with `tunnel`, a 2xx answer is a tunnel whose bytes are read until the
+/// meter closes it (for a little while).
+async fn read_answer_to(stream: &mut TcpStream, head_request: bool, tunnel: bool) -> Answer {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 8192];
     let mut answer = Answer::default();
     let deadline = tokio::time::Instant::now() + ANSWER_TIMEOUT;
     loop {
         let head_end = buf.windows(4).position(|w| w == b"\r\n\r\n");
-        if let Some(end) = head_end {
+        if let Some(end) = head_end
+            && answer.status.is_none()
+        {
             let head = String::from_utf8_lossy(&buf[..end]).into_owned();
-            let length = header(&head, "content-length")
+            answer.status = head.get(9..12).and_then(|s| s.parse().ok());
+            answer.reason = header(&head, "x-proxy-telemetry-error");
+            answer.head = head;
+        }
+        if let (Some(end), Some(status)) = (head_end, answer.status) {
+            let length = header(&answer.head, "content-length")
                 .and_then(|v| v.parse::<usize>().ok())
-                .filter(|_| !head_request || !head.starts_with("HTTP/1.1 2"))
+                .filter(|_| !head_request || !(200..300).contains(&status))
                 .unwrap_or(0);
+            if tunnel && (200..300).contains(&status) {
+                answer.body = buf[end + 4..].to_vec();
+                let mut rest = Vec::new();
+                let read = tokio::time::timeout(Duration::from_secs(2), stream.read_to_end(&mut rest));
+                answer.closed = read.await.is_ok();
+                answer.body.extend(rest);
+                answer.complete = true;
+                return answer;
+            }
+            answer.body = buf[end + 4..buf.len().min(end + 4 + length)].to_vec();
             if buf.len() >= end + 4 + length {
-                answer.status = head.get(9..12).and_then(|s| s.parse().ok());
-                answer.reason = header(&head, "x-proxy-telemetry-error");
-                answer.closed = header(&head, "connection")
+                answer.complete = true;
+                answer.closed = header(&answer.head, "connection")
                     .is_some_and(|v| v.eq_ignore_ascii_case("close"))
                     && closes(stream).await;
-                answer.head = head;
                 return answer;
             }
         }
         match tokio::time::timeout_at(deadline, stream.read(&mut chunk)).await {
             Ok(Ok(0)) | Ok(Err(_)) => {
                 answer.closed = true;
-                answer.head = String::from_utf8_lossy(&buf).into_owned();
+                if answer.status.is_none() {
+                    answer.head = String::from_utf8_lossy(&buf).into_owned();
+                }
                 return answer;
             }
             Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
             Err(_) => {
-                answer.head = String::from_utf8_lossy(&buf).into_owned();
+                if answer.status.is_none() {
+                    answer.head = String::from_utf8_lossy(&buf).into_owned();
+                }
                 return answer;
             }
         }
@@ -130,7 +165,12 @@ pub async fn send(meter: &TestMeter, bytes: &[u8]) -> Answer {
             ..Answer::default()
         };
     }
-    read_answer(&mut stream, bytes.starts_with(b"HEAD ")).await
+    read_answer_to(
+        &mut stream,
+        bytes.starts_with(b"HEAD "),
+        bytes.starts_with(b"CONNECT "),
+    )
+    .await
 }
 
 /// Runs `cases`; returns one line per failed expectation.
@@ -169,14 +209,30 @@ pub async fn run_with_health(
                 }
             }
             Expect::Forwarded(status) => {
-                if answer.status != Some(status) || answer.reason.is_some() {
+                if answer.status != Some(status) || answer.reason.is_some() || !answer.complete {
                     fail(format!(
-                        "expected the vendor's {status}, got {:?} {:?}: {:?}",
+                        "expected the vendor's {status} whole, got {:?} {:?}: {:?}",
                         answer.status, answer.reason, answer.head
                     ));
                 }
                 if forwarded == 0 {
                     fail("nothing reached the vendor".into());
+                }
+            }
+            Expect::VendorFailed(status, reason) => {
+                if answer.status != Some(status) || answer.reason.as_deref() != Some(reason) {
+                    fail(format!(
+                        "expected {status} {reason}, got {:?} {:?}: {:?}",
+                        answer.status, answer.reason, answer.head
+                    ));
+                }
+            }
+            Expect::Cut(status) => {
+                if answer.status != Some(status) || answer.reason.is_some() || !answer.closed {
+                    fail(format!(
+                        "expected {status} cut short, got {:?} {:?} closed {}: {:?}",
+                        answer.status, answer.reason, answer.closed, answer.head
+                    ));
                 }
             }
         }

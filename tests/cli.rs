@@ -649,13 +649,20 @@ fn out_of_file_descriptors_the_meter_refuses_and_recovers_without_spinning() {
     )
     .unwrap();
     let mut warnings = Vec::new();
-    let meter = MeterProcess::start_under(&["prlimit", "--nofile=160:160", "--"], &config, &[], |line| {
-        if line.contains("lowered") {
-            warnings.push(line.to_owned());
-        }
-    });
+    let meter = MeterProcess::start_under(
+        &["prlimit", "--nofile=160:160", "--"],
+        &config,
+        &[],
+        |line| {
+            if line.contains("lowered") {
+                warnings.push(line.to_owned());
+            }
+        },
+    );
     assert!(
-        warnings.iter().any(|w| w.contains("limits.max_connections")),
+        warnings
+            .iter()
+            .any(|w| w.contains("limits.max_connections")),
         "{warnings:?}"
     );
     let origin = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -665,12 +672,14 @@ fn out_of_file_descriptors_the_meter_refuses_and_recovers_without_spinning() {
             let mut stream = stream;
             let mut buf = [0u8; 1024];
             let _ = std::io::Read::read(&mut stream, &mut buf);
-            let _ = std::io::Write::write_all(&mut stream, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok");
+            let _ = std::io::Write::write_all(
+                &mut stream,
+                b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok",
+            );
         }
     });
-    let get = format!(
-        "GET http://{origin_address}/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    );
+    let get =
+        format!("GET http://{origin_address}/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
     let ask = || -> Option<String> {
         let mut stream = std::net::TcpStream::connect(meter.proxy).ok()?;
         stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
@@ -683,7 +692,12 @@ fn out_of_file_descriptors_the_meter_refuses_and_recovers_without_spinning() {
 
     let cpu = || -> u64 {
         let stat = std::fs::read_to_string(format!("/proc/{}/stat", meter.child.id())).unwrap();
-        let fields: Vec<&str> = stat.rsplit(')').next().unwrap().split_whitespace().collect();
+        let fields: Vec<&str> = stat
+            .rsplit(')')
+            .next()
+            .unwrap()
+            .split_whitespace()
+            .collect();
         fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
     };
     // 400 connections in the middle of a request head, held open.
@@ -698,19 +712,34 @@ fn out_of_file_descriptors_the_meter_refuses_and_recovers_without_spinning() {
     std::thread::sleep(Duration::from_secs(2));
     let spent = cpu() - before;
     // Clock ticks are 10 ms: a spinning accept loop would burn most of the 200 in 2 s.
-    assert!(spent < 50, "{spent} ticks of CPU in 2 s with descriptors exhausted");
+    assert!(
+        spent < 50,
+        "{spent} ticks of CPU in 2 s with descriptors exhausted"
+    );
     drop(storm);
     let started = std::time::Instant::now();
     let mut answer = None;
     while started.elapsed() < Duration::from_secs(10) {
         answer = ask();
-        if answer.as_deref().is_some_and(|a| a.starts_with("HTTP/1.1 200")) {
+        if answer
+            .as_deref()
+            .is_some_and(|a| a.starts_with("HTTP/1.1 200"))
+        {
             break;
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    assert!(answer.as_deref().is_some_and(|a| a.starts_with("HTTP/1.1 200")), "{answer:?}");
-    assert!(started.elapsed() < Duration::from_secs(5), "recovered in {:?}", started.elapsed());
+    assert!(
+        answer
+            .as_deref()
+            .is_some_and(|a| a.starts_with("HTTP/1.1 200")),
+        "{answer:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "recovered in {:?}",
+        started.elapsed()
+    );
     let metrics = curl(&[&format!("http://127.0.0.1:{admin}/metrics")]);
     let scrape = Scrape::parse(&metrics).unwrap();
     assert!(scrape.sum("proxy_rejected_requests_total", &[("reason", "overloaded")]) > 0);

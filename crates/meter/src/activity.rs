@@ -96,6 +96,11 @@ impl<T> Touching<T> {
     pub fn new(io: T, clock: std::sync::Arc<Activity>) -> Touching<T> {
         Touching { io, clock }
     }
+
+    /// The socket, for peeking.
+    pub fn get_mut(&mut self) -> &mut T {
+        &mut self.io
+    }
 }
 
 impl<T: tokio::io::AsyncRead> tokio::io::AsyncRead for Touching<T> {

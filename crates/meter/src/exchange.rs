@@ -383,6 +383,7 @@ impl Drop for Exchange {
         if !self.counted {
             if self.outcome == Outcome::Ok {
                 self.outcome = Outcome::ClientGone;
+                self.reason = Some(Failure::ClientGone.reason());
             }
             self.count(StatusClass::Error);
         }

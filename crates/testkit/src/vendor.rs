@@ -661,8 +661,14 @@ async fn misbehave(mut io: Recorder, fault: Fault) {
             let _ = io.write_all(answer).await;
             let _ = io.write_all(&[b'x'; RESET_AFTER]).await;
             let _ = io.flush().await;
-            // Give the meter time to read what was sent, so the reset loses no counted byte.
-            tokio::time::sleep(Duration::from_millis(200)).await;
+            // Give the meter time to read what was sent, so the reset loses no counted byte,
+            // and book what the meter sent meanwhile (it reached this host, like a tap sees it).
+            let quiet = tokio::time::Instant::now() + Duration::from_millis(200);
+            while let Ok(Ok(n)) = tokio::time::timeout_at(quiet, io.read(&mut buf)).await {
+                if n == 0 {
+                    break;
+                }
+            }
             let _ = socket2::SockRef::from(&io.io).set_linger(Some(Duration::ZERO));
         }
         Fault::Blackhole => loop {

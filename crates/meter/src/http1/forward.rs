@@ -251,7 +251,10 @@ fn idempotent(method: &str) -> bool {
 
 /// How the request pump ended.
 enum Up {
+    /// The request went out and the client sent more (its next request).
     Sent,
+    /// The request went out and then the client closed its connection.
+    ClientClosed,
     Failed(Error),
 }
 
@@ -276,48 +279,55 @@ async fn once(
     let vendor_read = &mut Touching::new(&mut vendor_conn.stream.read, vendor_clock.clone());
     let vendor_write = &mut Touching::new(&mut vendor_conn.stream.write, vendor_clock.clone());
     let mut received_any = false;
-    let mut answered = false;
+    // Whether the response head went to the client (written by the response pump).
+    let answered = AtomicBool::new(false);
     let request_sent = RequestSent::default();
     let idle = ctx.limits.client_idle_timeout;
     let (result, up_result) = {
         let up = async {
-            let mut body = Body::new(plan.framing);
-            let first = plan.in_hand.unwrap_or(buf.len());
-            if body.advance(&buf[..first]).is_err() {
-                return Up::Failed(Failure::Rejected(RejectReason::BadFraming).into());
-            }
-            if let Err(e) = message::write_two(vendor_write, plan.out, &buf[..first]).await {
-                return Up::Failed(Error::new(Failure::Upstream(UpstreamErrorReason::Reset), e));
-            }
-            if body.is_done() {
-                request_sent.done();
-                return Up::Sent;
-            }
-            buf.clear();
-            match message::forward_body(
-                &mut body,
-                buf,
-                &mut client_read,
-                vendor_write,
-                Mode::AsIs,
-                None,
-            )
-            .await
-            {
-                Ok(()) => {
-                    request_sent.done();
-                    Up::Sent
+            let sending = async {
+                let mut body = Body::new(plan.framing);
+                let first = plan.in_hand.unwrap_or(buf.len());
+                if body.advance(&buf[..first]).is_err() {
+                    return Err(Failure::Rejected(RejectReason::BadFraming).into());
                 }
-                Err(BodyError::Framing) => {
-                    Up::Failed(Failure::Rejected(RejectReason::BadFraming).into())
+                message::write_two(vendor_write, plan.out, &buf[..first])
+                    .await
+                    .map_err(|e| Error::new(Failure::Upstream(UpstreamErrorReason::Reset), e))?;
+                if body.is_done() {
+                    return Ok(());
                 }
-                Err(BodyError::Source(cause)) => Up::Failed(Error {
-                    failure: Failure::ClientGone,
-                    cause,
-                }),
-                Err(BodyError::Sink(e)) => {
-                    Up::Failed(Error::new(Failure::Upstream(UpstreamErrorReason::Reset), e))
-                }
+                buf.clear();
+                message::forward_body(
+                    &mut body,
+                    buf,
+                    &mut client_read,
+                    vendor_write,
+                    Mode::AsIs,
+                    None,
+                )
+                .await
+                .map_err(|error| match error {
+                    BodyError::Framing => Failure::Rejected(RejectReason::BadFraming).into(),
+                    BodyError::Source(cause) => Error {
+                        failure: Failure::ClientGone,
+                        cause,
+                    },
+                    BodyError::Sink(e) => {
+                        Error::new(Failure::Upstream(UpstreamErrorReason::Reset), e)
+                    }
+                })
+            };
+            if let Err(error) = sending.await {
+                return Up::Failed(error);
+            }
+            request_sent.done();
+            // Until the answer is in, a client that closes its connection has gone away (as
+            // nginx sees it); bytes of a pipelined next request end the watch, unread.
+            let mut byte = [0u8; 1];
+            match client_read.get_mut().peek(&mut byte).await {
+                Ok(0) | Err(_) => Up::ClientClosed,
+                Ok(_) => Up::Sent,
             }
         };
 
@@ -396,7 +406,7 @@ async fn once(
                 }
                 rbuf.advance(progress.consumed);
             }
-            answered = true;
+            answered.store(true, Ordering::Relaxed);
             let mode = if dechunk { Mode::Dechunked } else { Mode::AsIs };
             let held = (!dechunk).then_some(&mut tail);
             match message::forward_body(
@@ -436,7 +446,11 @@ async fn once(
                             up_result = Some(Up::Failed(error));
                         }
                         Up::Failed(error) => break Err((error, false)),
-                        Up::Sent => up_result = Some(Up::Sent),
+                        Up::ClientClosed if !answered.load(Ordering::Relaxed) => {
+                            let gone = io::Error::new(io::ErrorKind::ConnectionAborted, "the client closed its connection");
+                            break Err((Error::new(Failure::ClientGone, gone), true));
+                        }
+                        other => up_result = Some(other),
                     }
                 }
                 received = &mut down => break received.map_err(|e| (e, true)),
@@ -456,7 +470,8 @@ async fn once(
         (result, up_result)
     };
     // The pumps are done with the buffers and sockets from here on.
-    let body_complete = matches!(up_result, Some(Up::Sent));
+    let body_complete = request_sent.is_done();
+    let answered = answered.into_inner();
     match result {
         Ok((vendor_keeps, keep_client, tail)) => {
             if !body_complete {

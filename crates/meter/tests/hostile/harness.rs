@@ -100,7 +100,8 @@ async fn read_answer_to(stream: &mut TcpStream, head_request: bool, tunnel: bool
             if tunnel && (200..300).contains(&status) {
                 answer.body = buf[end + 4..].to_vec();
                 let mut rest = Vec::new();
-                let read = tokio::time::timeout(Duration::from_secs(2), stream.read_to_end(&mut rest));
+                let read =
+                    tokio::time::timeout(Duration::from_secs(2), stream.read_to_end(&mut rest));
                 answer.closed = read.await.is_ok();
                 answer.body.extend(rest);
                 answer.complete = true;

@@ -387,13 +387,21 @@ async fn broken_vendors_get_fast_answers_with_every_byte_counted() {
     let mut count = 0;
     for (fault, get, connect) in vendors::faults() {
         let vendor = match fault {
-            Some(fault) => pt_testkit::vendor::FakeVendor::builder().fault(fault).start().await,
+            Some(fault) => {
+                pt_testkit::vendor::FakeVendor::builder()
+                    .fault(fault)
+                    .start()
+                    .await
+            }
             // A vendor that refuses connections: bound, then closed.
             None => pt_testkit::vendor::FakeVendor::builder().start().await,
         };
         let address = match fault {
             Some(_) => vendor.address,
-            None => std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap(),
+            None => std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap(),
         };
         let meter = MeterSetup::new()
             .vendor_yaml(&format!("  - name: vendor-a\n    url: http://{address}\n    username: meter\n    password_env: P\n"))
@@ -418,15 +426,24 @@ async fn broken_vendors_get_fast_answers_with_every_byte_counted() {
                 _ => false,
             };
             if !ok {
-                failures.push(format!("[vendor-faults] {}: expected {:?}, got {:?} {:?} closed {}", case.name, case.expect, answer.status, answer.reason, answer.closed));
+                failures.push(format!(
+                    "[vendor-faults] {}: expected {:?}, got {:?} {:?} closed {}",
+                    case.name, case.expect, answer.status, answer.reason, answer.closed
+                ));
             }
             if meter.admin_get("/healthz").await.0 != 200 {
-                failures.push(format!("[vendor-faults] {}: the meter stopped serving", case.name));
+                failures.push(format!(
+                    "[vendor-faults] {}: the meter stopped serving",
+                    case.name
+                ));
             }
         }
         let scrape = support::settle(|| async {
             let scrape = meter.scrape().await;
-            (vendor.books_match(&scrape) && scrape.sum("proxy_active_tunnels", &[]) == 0, scrape)
+            (
+                vendor.books_match(&scrape) && scrape.sum("proxy_active_tunnels", &[]) == 0,
+                scrape,
+            )
         })
         .await;
         if fault.is_some() && !vendor.books_match(&scrape) {
@@ -469,7 +486,10 @@ async fn credential_canaries_appear_nowhere_they_do_not_belong() {
         .find(|l| l.starts_with("Proxy-Authorization"))
         .unwrap()
         .to_owned();
-    let mut requests: Vec<Vec<u8>> = open_proxy::credentials().into_iter().map(|c| c.bytes).collect();
+    let mut requests: Vec<Vec<u8>> = open_proxy::credentials()
+        .into_iter()
+        .map(|c| c.bytes)
+        .collect();
     for (vendor, target) in [
         ("vendor-denies", "shop-a.test"),
         ("vendor-a", "169.254.169.254"),
@@ -479,7 +499,10 @@ async fn credential_canaries_appear_nowhere_they_do_not_belong() {
         for form in ["GET", "CONNECT"] {
             let line = match form {
                 "GET" => format!("GET http://{target}/ HTTP/1.1"),
-                _ => format!("CONNECT {target}{} HTTP/1.1", if target.contains(':') { "" } else { ":443" }),
+                _ => format!(
+                    "CONNECT {target}{} HTTP/1.1",
+                    if target.contains(':') { "" } else { ":443" }
+                ),
             };
             requests.push(
                 format!("{line}\r\nHost: x\r\n{auth_line}\r\nX-Proxy-Vendor: {vendor}\r\nConnection: close\r\n\r\n")
@@ -497,9 +520,15 @@ async fn credential_canaries_appear_nowhere_they_do_not_belong() {
         &base64::engine::general_purpose::STANDARD,
         format!("{}:{VENDOR_PASSWORD}", pt_testkit::meter::VENDOR_USERNAME),
     );
-    let client_token = auth_line.trim_start_matches("Proxy-Authorization: Basic ").to_owned();
+    let client_token = auth_line
+        .trim_start_matches("Proxy-Authorization: Basic ")
+        .to_owned();
     let (_, _, metrics) = meter.admin_get("/metrics").await;
-    let origin_saw: Vec<String> = origin.requests().iter().flat_map(|r| r.headers.clone()).collect();
+    let origin_saw: Vec<String> = origin
+        .requests()
+        .iter()
+        .flat_map(|r| r.headers.clone())
+        .collect();
     let vendor_saw: Vec<String> = vendor
         .requests()
         .iter()
@@ -513,8 +542,17 @@ async fn credential_canaries_appear_nowhere_they_do_not_belong() {
         ("the origin", origin_saw.join("\n")),
     ];
     for (place, text) in &places {
-        for secret in [VENDOR_PASSWORD, vendor_token.as_str(), open_proxy::PASSWORD, client_token.as_str()] {
-            assert_eq!(text.matches(secret).count(), 0, "{secret} leaked into {place}");
+        for secret in [
+            VENDOR_PASSWORD,
+            vendor_token.as_str(),
+            open_proxy::PASSWORD,
+            client_token.as_str(),
+        ] {
+            assert_eq!(
+                text.matches(secret).count(),
+                0,
+                "{secret} leaked into {place}"
+            );
         }
     }
     // The vendors see the meter's credentials, never the client's.
@@ -532,7 +570,10 @@ async fn http2_streams_past_the_vendor_connection_bound_get_a_counted_503() {
     let connect = |id: u32| {
         h2raw::headers(
             id,
-            &[(b":method", b"CONNECT"), (b":authority", b"shop-a.test:443")],
+            &[
+                (b":method", b"CONNECT"),
+                (b":authority", b"shop-a.test:443"),
+            ],
             false,
         )
     };
@@ -545,7 +586,9 @@ async fn http2_streams_past_the_vendor_connection_bound_get_a_counted_503() {
         for i in 0..32u32 {
             match client.outcome(1 + 2 * i, Duration::from_secs(2)).await {
                 h2raw::Outcome::Answered(200, None) => opened += 1,
-                h2raw::Outcome::Answered(503, Some(reason)) if reason == "vendor_connection_limit" => {
+                h2raw::Outcome::Answered(503, Some(reason))
+                    if reason == "vendor_connection_limit" =>
+                {
                     refused += 1
                 }
                 outcome => other.push(outcome),
@@ -556,7 +599,10 @@ async fn http2_streams_past_the_vendor_connection_bound_get_a_counted_503() {
     assert_eq!((opened, refused, other), (8, 312, Vec::new()));
     let scrape = world.meter.scrape().await;
     assert_eq!(
-        scrape.sum("proxy_rejected_requests_total", &[("reason", "vendor_connection_limit")]),
+        scrape.sum(
+            "proxy_rejected_requests_total",
+            &[("reason", "vendor_connection_limit")]
+        ),
         312
     );
     drop(clients);
@@ -581,7 +627,8 @@ async fn a_connection_storm_gets_counted_503s_and_the_meter_recovers() {
     let mut refused = 0;
     for stream in &mut storm {
         let mut answer = vec![0u8; 256];
-        if let Ok(Ok(n)) = tokio::time::timeout(Duration::from_millis(100), stream.read(&mut answer)).await
+        if let Ok(Ok(n)) =
+            tokio::time::timeout(Duration::from_millis(100), stream.read(&mut answer)).await
             && answer[..n].starts_with(b"HTTP/1.1 503")
         {
             refused += 1;
@@ -601,5 +648,9 @@ async fn a_connection_storm_gets_counted_503s_and_the_meter_recovers() {
     })
     .await;
     assert_eq!(answer.status, Some(200));
-    assert!(started.elapsed() < Duration::from_secs(3), "recovered in {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "recovered in {:?}",
+        started.elapsed()
+    );
 }

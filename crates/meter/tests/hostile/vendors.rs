@@ -30,7 +30,11 @@ pub fn faults() -> Vec<(Option<Fault>, Expect, Expect)> {
             Expect::VendorFailed(504, "timeout"),
             Expect::VendorFailed(504, "timeout"),
         ),
-        (Some(Fault::ResetMidBody), Expect::Cut(200), Expect::Cut(200)),
+        (
+            Some(Fault::ResetMidBody),
+            Expect::Cut(200),
+            Expect::Cut(200),
+        ),
         (Some(Fault::Truncated), Expect::Cut(200), Expect::Cut(200)),
         (
             Some(Fault::Status(503)),

@@ -473,3 +473,72 @@ async fn origin_form_and_https_absolute_requests_are_bad_requests() {
     assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
     assert!(world.vendor.connections().is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_that_breaks_its_framing_mid_way_is_a_client_framing_error() {
+    // The head and a good first chunk leave for the vendor; then a malformed chunk size. The
+    // client is answered 400 `bad_framing` (not `client_gone`), the request counted as a 4xx
+    // and as a refusal, and the vendor connection, out of step, is never reused.
+    let world = world("").await;
+    let mut stream = TcpStream::connect(world.meter.proxy()).await.unwrap();
+    stream
+        .write_all(b"POST http://shop-a.test/upload HTTP/1.1\r\nHost: shop-a.test\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n")
+        .await
+        .unwrap();
+    support::settle(|| async { (world.vendor.bytes_from_meter() > 0, ()) }).await;
+    assert!(
+        world.vendor.bytes_from_meter() > 0,
+        "the head went out first"
+    );
+    stream.write_all(b"4 \r\nabcd\r\n0\r\n\r\n").await.unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer)).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(
+        answer.contains("X-Proxy-Telemetry-Error: bad_framing"),
+        "{answer}"
+    );
+
+    assert_eq!(
+        get(&world.proxy_for("crawlers/pod-1"), "shop-a.test")
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        world.vendor.connections().len(),
+        2,
+        "the broken connection was not reused"
+    );
+    // The vendor's answer to the broken upload was written after the meter closed: it never
+    // arrived. Everything the meter sent, and everything that arrived, is counted.
+    let scrape = support::settle(|| async {
+        let scrape = world.meter.scrape().await;
+        let done = scrape.sum("proxy_sent_bytes_total", &[]) == world.vendor.bytes_from_meter();
+        (done, scrape)
+    })
+    .await;
+    assert_eq!(
+        scrape.sum("proxy_sent_bytes_total", &[]),
+        world.vendor.bytes_from_meter()
+    );
+    assert!(scrape.sum("proxy_received_bytes_total", &[]) <= world.vendor.bytes_to_meter());
+    assert_eq!(
+        scrape.sum(
+            "proxy_rejected_requests_total",
+            &[("reason", "bad_framing")]
+        ),
+        1
+    );
+    assert_eq!(
+        scrape.sum("proxy_requests_total", &[("status_class", "4xx")]),
+        1
+    );
+    let lines = world.meter.access_log.lines();
+    let first: serde_json::Value = serde_json::from_str(&lines[0]).unwrap();
+    assert_eq!(
+        (first["outcome"].as_str(), first["status"].as_u64()),
+        (Some("bad_framing"), Some(400))
+    );
+}

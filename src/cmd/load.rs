@@ -49,6 +49,10 @@ pub struct Args {
         hide_env_values = true
     )]
     proxy_password: String,
+    /// Percent of the simulated pods replaced by new ones (new names, new connections) every
+    /// minute, as a fleet whose pods are rescheduled does; 0 keeps every pod.
+    #[arg(long, env = "PROXY_TELEMETRY_CHURN_PER_MINUTE", default_value_t = 0.0)]
+    churn_per_minute: f64,
     /// Requests per second per pod, scheduled open-loop.
     #[arg(long, env = "REQUESTS_PER_SECOND", default_value_t = 100.0)]
     rate: f64,
@@ -142,9 +146,23 @@ fn plan(args: &Args) -> Result<LoadPlan, String> {
         },
         requests_per_connection: args.requests_per_connection,
         request_timeout: args.timeout,
+        pod_lifetime: pod_lifetime(args.churn_per_minute)?,
     };
     plan.validate().map_err(|e| e.to_string())?;
     Ok(plan)
+}
+
+/// How long a simulated pod lives when `churn` percent of them are replaced every minute.
+fn pod_lifetime(churn: f64) -> Result<Option<Duration>, String> {
+    if churn == 0.0 {
+        return Ok(None);
+    }
+    if !(churn > 0.0 && churn <= 100.0) {
+        return Err(format!(
+            "--churn-per-minute {churn}: a percentage above 0 and at most 100"
+        ));
+    }
+    Ok(Some(Duration::from_secs_f64(60.0 * 100.0 / churn)))
 }
 
 fn roots(ca_file: Option<&PathBuf>) -> Result<Arc<rustls::RootCertStore>, String> {

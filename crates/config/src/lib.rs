@@ -216,6 +216,8 @@ pub struct MetricsConfig {
     pub destination_key: Option<DestinationKey>,
     pub max_destinations_per_vendor: usize,
     pub max_pods: usize,
+    /// `None`: pods are exported forever.
+    pub pod_series_ttl: Option<Duration>,
     /// Off: no label resolution, no counter updates, no access log (benchmarks only).
     pub metering: bool,
 }

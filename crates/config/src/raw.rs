@@ -230,6 +230,9 @@ pub struct RawMetrics {
     pub max_destinations_per_vendor: usize,
     /// Distinct (namespace, pod) identities before the rest fold into `other`.
     pub max_pods: usize,
+    /// A pod no request has used for this long stops being exported (its series are removed and
+    /// its place under `max_pods` freed); `0s` keeps every pod. Longer than the scrape interval.
+    pub pod_series_ttl: String,
     /// Count requests and bytes. Off only to measure what metering costs (benchmarks).
     pub metering: bool,
 }
@@ -240,6 +243,7 @@ impl Default for RawMetrics {
             destination_label: "registrable_domain".into(),
             max_destinations_per_vendor: 100,
             max_pods: 1000,
+            pod_series_ttl: "10m".into(),
             metering: true,
         }
     }

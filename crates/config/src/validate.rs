@@ -549,6 +549,17 @@ fn metrics(raw: &RawMetrics, errors: &mut Errors) -> MetricsConfig {
     if raw.max_pods == 0 {
         errors.push("metrics.max_pods", "must be at least 1");
     }
+    let ttl = duration(errors, "metrics.pod_series_ttl", &raw.pod_series_ttl, true);
+    // Shorter than a scrape interval would drop a pod's last counts before Prometheus saw them.
+    if !ttl.is_zero() && ttl < MIN_POD_SERIES_TTL {
+        errors.push(
+            "metrics.pod_series_ttl",
+            format!(
+                "must be 0s (keep every pod) or at least {}s, longer than any scrape interval",
+                MIN_POD_SERIES_TTL.as_secs()
+            ),
+        );
+    }
     MetricsConfig {
         max_destinations_per_vendor: if destination_key.is_some() {
             raw.max_destinations_per_vendor
@@ -557,9 +568,14 @@ fn metrics(raw: &RawMetrics, errors: &mut Errors) -> MetricsConfig {
         },
         destination_key,
         max_pods: raw.max_pods,
+        pod_series_ttl: (!ttl.is_zero()).then_some(ttl),
         metering: raw.metering,
     }
 }
+
+/// Shortest time a departed pod's series stay: two minutes, more than the longest scrape
+/// interval in common use (60 s) with room for a failed scrape.
+const MIN_POD_SERIES_TTL: Duration = Duration::from_secs(120);
 
 fn ports(raw: &[RawPorts], path: &str, errors: &mut Errors) -> PortSet {
     let mut set = Vec::new();

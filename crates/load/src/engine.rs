@@ -171,6 +171,13 @@ impl Scheduler {
         let waiting = Arc::new(AtomicU64::new(0));
         let max_waiting = plan.concurrency_per_pod as u64 * BACKLOG_PER_SLOT;
         let mut rng = SmallRng::seed_from_u64(self.seed.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        // With churn, this pod slot gets a new pod every lifetime, the slots' replacements
+        // spread evenly over it (golden-ratio offsets again).
+        let mut pod = self.pod.clone();
+        let mut generation = 0u32;
+        let mut next_replacement = plan.pod_lifetime.map(|lifetime| {
+            Instant::now() + lifetime.mul_f64((self.seed as f64 * 0.618_033_988_749_895).fract())
+        });
         loop {
             if self.limit.is_some_and(|limit| ticker.count() >= limit) {
                 break;
@@ -182,6 +189,15 @@ impl Scheduler {
                 at = ticker.tick() => at,
                 () = stop.cancelled() => break,
             };
+            if let (Some(due), Some(lifetime)) = (next_replacement, plan.pod_lifetime)
+                && at >= due
+            {
+                generation += 1;
+                let name = format!("{}-g{generation}", self.pod.identity);
+                // The old pod's connections close once its requests in flight are done.
+                pod = Arc::new(Pod::new(plan, &name));
+                next_replacement = Some(due + lifetime);
+            }
             let (vendor, target) = self.run.mix.draw(&mut rng);
             let body = self.run.plan.targets[target]
                 .body
@@ -196,7 +212,7 @@ impl Scheduler {
             waiting.fetch_add(1, Ordering::Relaxed);
             let (run, pod, slots, waiting) = (
                 self.run.clone(),
-                self.pod.clone(),
+                pod.clone(),
                 slots.clone(),
                 waiting.clone(),
             );

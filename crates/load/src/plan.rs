@@ -260,6 +260,9 @@ pub struct LoadPlan {
     /// Requests a connection or tunnel carries before the crawler opens a new one.
     pub requests_per_connection: u32,
     pub request_timeout: Duration,
+    /// How long a pod lives before a new one (a new name, new connections) takes its place;
+    /// replacements are spread evenly over the lifetime. `None`: pods live for the whole run.
+    pub pod_lifetime: Option<Duration>,
 }
 
 impl LoadPlan {

@@ -380,6 +380,8 @@ impl Exchange {
 
 impl Drop for Exchange {
     fn drop(&mut self) {
+        // The pod's series stay exported for the TTL from now on.
+        self.identity.touch();
         if !self.counted {
             if self.outcome == Outcome::Ok {
                 self.outcome = Outcome::ClientGone;

@@ -237,6 +237,9 @@ pub async fn start_with(
     for (listener, vendor) in listeners {
         tokio::spawn(listener::accept_loop(ctx.clone(), listener, vendor));
     }
+    if let Some(ttl) = config.metrics.pod_series_ttl {
+        tokio::spawn(expire_pods(ctx.clone(), ttl));
+    }
     if !transparent_listeners.is_empty() {
         let state = Arc::new(transparent::Transparent {
             endpoints: transparent::Endpoints::new(&config.vendors),
@@ -274,6 +277,22 @@ pub async fn start_with(
         admin_stop,
         admin_task,
     })
+}
+
+/// Stops exporting departed pods, checking a few times per TTL so that a pod goes within a
+/// quarter of the TTL after it expires (and never more often than every 10 s).
+async fn expire_pods(ctx: Arc<Context>, ttl: Duration) {
+    let every = (ttl / 4).max(Duration::from_secs(10));
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(every) => {}
+            () = ctx.drain.stopped.cancelled() => return,
+        }
+        let gone = ctx.metering.metrics.expire_pods(ttl);
+        if gone > 0 {
+            tracing::debug!(gone, "departed pods' series removed");
+        }
+    }
 }
 
 /// Resolves vendor endpoint names again every `interval` until draining.

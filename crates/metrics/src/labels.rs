@@ -66,6 +66,16 @@ pub enum StatusClass {
 }
 
 impl StatusClass {
+    pub const ALL: [StatusClass; 7] = [
+        StatusClass::Informational,
+        StatusClass::Success,
+        StatusClass::Redirection,
+        StatusClass::ClientError,
+        StatusClass::ServerError,
+        StatusClass::Error,
+        StatusClass::NoResponse,
+    ];
+
     pub fn of(status: u16) -> StatusClass {
         match status {
             100..=199 => StatusClass::Informational,
@@ -251,14 +261,7 @@ impl ClientProtocol {
 }
 label_value!(ClientProtocol);
 
-/// The pod a request comes from, as capped label values.
-#[derive(Clone, Debug, Hash, PartialEq, Eq)]
-pub struct PodIdentity {
-    pub namespace: Name,
-    /// The owning Deployment, StatefulSet, DaemonSet, Job or CronJob, or `unknown`.
-    pub workload: Name,
-    pub pod: Name,
-}
+pub use crate::pods::PodIdentity;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PodLabels {

@@ -12,6 +12,7 @@
 pub mod caps;
 pub mod exposition;
 pub mod labels;
+pub mod pods;
 pub mod registry;
 pub mod spec;
 

@@ -9,6 +9,7 @@ use std::collections::HashMap;
 
 use crate::caps::{LabelCap, Name, UNKNOWN};
 use crate::labels::*;
+use crate::pods::PodTable;
 use crate::spec::{self, FamilySpec};
 
 /// Buckets of `proxy_request_duration_seconds`: from a fast cached answer (5 ms) to the slowest
@@ -31,6 +32,10 @@ pub struct MetricsOptions {
     pub max_pods: usize,
 }
 
+/// Label values of the `proxy_vendor` label besides the configured vendors: transparent mode's
+/// connections to no vendor.
+const EXTRA_VENDORS: [&str; 1] = [UNKNOWN];
+
 /// Every family the meter writes. Fields are the families themselves (cheap, shared handles).
 #[derive(Debug)]
 pub struct Metrics {
@@ -50,7 +55,9 @@ pub struct Metrics {
     pub open_connections: Gauge,
     destinations: HashMap<Name, LabelCap>,
     destinations_enabled: bool,
-    pods: LabelCap,
+    pods: PodTable,
+    /// Every value `proxy_vendor` can take.
+    vendors: Vec<Name>,
 }
 
 fn register<M: prometheus_client::registry::Metric + Clone>(
@@ -90,7 +97,12 @@ impl Metrics {
                 })
                 .collect(),
             destinations_enabled: options.max_destinations_per_vendor > 0,
-            pods: LabelCap::new(options.max_pods),
+            pods: PodTable::new(options.max_pods),
+            vendors: vendors
+                .iter()
+                .cloned()
+                .chain(EXTRA_VENDORS.iter().map(|v| Name::new(v)))
+                .collect(),
         };
         register(registry, spec::REQUESTS, &metrics.requests);
         register(registry, spec::SENT_BYTES, &metrics.sent_bytes);
@@ -152,26 +164,27 @@ impl Metrics {
     /// The capped label values of a client identity. The cap counts pods; a pod past it is
     /// `other` in all three labels.
     pub fn pod(&self, namespace: &str, workload: &str, pod: &str) -> PodIdentity {
-        let key = format!("{namespace}/{workload}/{pod}");
-        // A "/" cannot occur in Kubernetes names, so the key is unique and splits back.
-        let admitted = if namespace == UNKNOWN && pod == UNKNOWN {
-            Name::new(&key)
-        } else {
-            self.pods.admit(&key)
-        };
-        let mut parts = admitted.as_str().splitn(3, '/').map(Name::new);
-        match (parts.next(), parts.next(), parts.next()) {
-            (Some(namespace), Some(workload), Some(pod)) => PodIdentity {
-                namespace,
-                workload,
-                pod,
-            },
-            _ => PodIdentity {
-                namespace: admitted.clone(),
-                workload: admitted.clone(),
-                pod: admitted,
-            },
+        self.pods.get(namespace, workload, pod)
+    }
+
+    /// Stops exporting the series of pods nothing has used for `ttl` (see [`crate::pods`]);
+    /// returns how many pods went.
+    pub fn expire_pods(&self, ttl: std::time::Duration) -> usize {
+        let gone = self.pods.expire(ttl);
+        for identity in &gone {
+            for vendor in &self.vendors {
+                let pod = PodLabels::new(vendor, identity);
+                self.sent_bytes.remove(&pod);
+                self.received_bytes.remove(&pod);
+                for protocol in Protocol::ALL {
+                    for class in StatusClass::ALL {
+                        self.requests
+                            .remove(&RequestLabels::new(pod.clone(), protocol, class));
+                    }
+                }
+            }
         }
+        gone.len()
     }
 
     /// The capped destination label value for `key` under `vendor`, or `None` when the
@@ -320,6 +333,45 @@ mod tests {
         let vendors = [Name::new("a")];
         let metrics = Metrics::new(&mut registry, &vendors, &options(0));
         assert_eq!(metrics.destination(&vendors[0], "x.com"), None);
+    }
+
+    #[test]
+    fn a_departed_pods_series_go_and_the_others_stay() {
+        let mut registry = Registry::default();
+        let vendor = Name::new("v");
+        let metrics = Metrics::new(&mut registry, std::slice::from_ref(&vendor), &options(10));
+        let count = |id: &PodIdentity, n: u64| {
+            let pod = PodLabels::new(&vendor, id);
+            metrics.sent_bytes.get_or_create(&pod).inc_by(n);
+            metrics
+                .requests
+                .get_or_create(&RequestLabels::new(
+                    pod,
+                    Protocol::Connect,
+                    StatusClass::Success,
+                ))
+                .inc();
+        };
+        let staying = metrics.pod("crawl", "fleet", "staying");
+        let departed = metrics.pod("crawl", "fleet", "departed");
+        count(&staying, 10);
+        count(&departed, 20);
+        drop(departed);
+        assert_eq!(metrics.expire_pods(std::time::Duration::ZERO), 1);
+        let mut text = String::new();
+        encode(&mut text, &registry).unwrap();
+        let scrape = crate::exposition::Scrape::parse(&text).unwrap();
+        assert_eq!(
+            scrape.sum("proxy_sent_bytes_total", &[("source_pod", "departed")]),
+            0
+        );
+        assert!(!text.contains("departed"), "{text}");
+        assert_eq!(
+            scrape.sum("proxy_sent_bytes_total", &[("source_pod", "staying")]),
+            10
+        );
+        assert_eq!(scrape.sum("proxy_requests_total", &[]), 1);
+        drop(staying);
     }
 
     #[test]

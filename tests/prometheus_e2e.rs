@@ -164,6 +164,7 @@ fn prometheus_with_the_charts_rules_answers_every_panel_and_agrees_with_the_mete
             requests_per_connection: 10,
             request_timeout: Duration::from_secs(10),
             pod_lifetime: None,
+            vendor_per_pod: false,
         };
         let outcome = Run::new(plan, pki.roots.clone())
             .unwrap()

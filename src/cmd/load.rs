@@ -53,6 +53,10 @@ pub struct Args {
     /// minute, as a fleet whose pods are rescheduled does; 0 keeps every pod.
     #[arg(long, env = "PROXY_TELEMETRY_CHURN_PER_MINUTE", default_value_t = 0.0)]
     churn_per_minute: f64,
+    /// Each pod sends all its requests through one vendor, drawn by the weights (crawler
+    /// deployments are usually configured with one), instead of one draw per request.
+    #[arg(long, env = "PROXY_TELEMETRY_VENDOR_PER_POD")]
+    vendor_per_pod: bool,
     /// Requests per second per pod, scheduled open-loop.
     #[arg(long, env = "REQUESTS_PER_SECOND", default_value_t = 100.0)]
     rate: f64,
@@ -147,6 +151,7 @@ fn plan(args: &Args) -> Result<LoadPlan, String> {
         requests_per_connection: args.requests_per_connection,
         request_timeout: args.timeout,
         pod_lifetime: pod_lifetime(args.churn_per_minute)?,
+        vendor_per_pod: args.vendor_per_pod,
     };
     plan.validate().map_err(|e| e.to_string())?;
     Ok(plan)

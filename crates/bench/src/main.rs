@@ -18,6 +18,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+mod fleet;
+
 #[derive(Parser)]
 struct Cli {
     #[command(subcommand)]
@@ -85,6 +87,35 @@ enum Workload {
         #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
         duration: Duration,
     },
+    /// Serves a synthetic fleet of meters' `/metrics` for a real Prometheus, with a file-based
+    /// service discovery document of the live targets (bench/scale_prometheus.py).
+    FleetServe {
+        #[command(flatten)]
+        fleet: fleet::Fleet,
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: SocketAddr,
+        /// The `file_sd_configs` document to keep up to date.
+        #[arg(long)]
+        file_sd: std::path::PathBuf,
+    },
+    /// Writes a synthetic fleet's samples over a time range, as scraped every `step`, for
+    /// `promtool tsdb create-blocks-from openmetrics`.
+    FleetHistory {
+        #[command(flatten)]
+        fleet: fleet::Fleet,
+        /// Unix seconds.
+        #[arg(long)]
+        from: f64,
+        #[arg(long)]
+        to: f64,
+        #[arg(long, default_value_t = 15.0)]
+        step: f64,
+        /// The `instance` label of the samples.
+        #[arg(long, default_value = "10.0.0.1:9091")]
+        instance: String,
+        #[arg(long)]
+        out: std::path::PathBuf,
+    },
     /// Opens `tunnels` idle tunnels, prints when they are open, holds them for `duration`.
     Hold {
         #[command(flatten)]
@@ -128,6 +159,28 @@ fn main() -> anyhow::Result<()> {
                 tunnels,
                 duration,
             } => hold(route, tunnels, duration).await,
+            Workload::FleetServe {
+                fleet,
+                listen,
+                file_sd,
+            } => {
+                let listener = tokio::net::TcpListener::bind(listen).await?;
+                fleet::serve(fleet, listener, file_sd).await?;
+                Ok(String::new())
+            }
+            Workload::FleetHistory {
+                fleet,
+                from,
+                to,
+                step,
+                instance,
+                out,
+            } => {
+                let mut file = std::io::BufWriter::new(std::fs::File::create(&out)?);
+                let samples = fleet::history(&fleet, from, to, step, &instance, &mut file)?;
+                std::io::Write::flush(&mut file)?;
+                Ok(serde_json::json!({ "samples": samples }).to_string())
+            }
         }
     })?;
     println!("{result}");

@@ -183,6 +183,7 @@ impl World {
             requests_per_connection: 50,
             request_timeout: std::time::Duration::from_secs(30),
             pod_lifetime: None,
+            vendor_per_pod: false,
         })
     }
 }

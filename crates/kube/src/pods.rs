@@ -18,9 +18,9 @@ use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
-use pt_meter::identity::{PodIdentity, PodResolver};
 use pt_metrics::Metrics;
 use pt_metrics::caps::UNKNOWN;
+use pt_metrics::pods::{PodIdentity, PodResolver};
 
 use crate::workload::workload_of;
 

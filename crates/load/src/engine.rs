@@ -175,6 +175,9 @@ impl Scheduler {
         // spread evenly over it (golden-ratio offsets again).
         let mut pod = self.pod.clone();
         let mut generation = 0u32;
+        let mut sticky_vendor = plan
+            .vendor_per_pod
+            .then(|| self.run.mix.draw_vendor(&mut rng));
         let mut next_replacement = plan.pod_lifetime.map(|lifetime| {
             Instant::now() + lifetime.mul_f64((self.seed as f64 * 0.618_033_988_749_895).fract())
         });
@@ -196,9 +199,13 @@ impl Scheduler {
                 let name = format!("{}-g{generation}", self.pod.identity);
                 // The old pod's connections close once its requests in flight are done.
                 pod = Arc::new(Pod::new(plan, &name));
+                if plan.vendor_per_pod {
+                    sticky_vendor = Some(self.run.mix.draw_vendor(&mut rng));
+                }
                 next_replacement = Some(due + lifetime);
             }
-            let (vendor, target) = self.run.mix.draw(&mut rng);
+            let (drawn, target) = self.run.mix.draw(&mut rng);
+            let vendor = sticky_vendor.unwrap_or(drawn);
             let body = self.run.plan.targets[target]
                 .body
                 .map(|b| b.sample(&mut rng));
@@ -282,7 +289,7 @@ struct Reusable<S> {
     uses: u32,
 }
 
-/// Pools are per vendor and target.
+/// Pools are per vendor and target: a connection's bytes belong to one entry of the ledger.
 type ConnKey = (usize, usize);
 
 /// One crawler pod: its identity, proxies and connection pools.
@@ -297,10 +304,9 @@ struct Pod {
 /// Reads a response to its end and returns its status. `proxied` counts it among the requests
 /// the meter must count, when the proxy itself answered it (plain HTTP, not inside a tunnel).
 async fn complete(
-    response: Result<http::Response<hyper::body::Incoming>, hyper::Error>,
+    response: http::Response<hyper::body::Incoming>,
     proxied: Option<&AtomicU64>,
 ) -> Result<u16, ErrorKind> {
-    let response = response.map_err(|e| ErrorKind::of(e.into()))?;
     if let Some(counter) = proxied {
         counter.fetch_add(1, Ordering::Relaxed);
     }
@@ -309,6 +315,43 @@ async fn complete(
         .await
         .map_err(ErrorKind::of)?;
     Ok(status)
+}
+
+/// Why an attempt failed.
+#[derive(Debug)]
+enum Attempt {
+    /// A reused connection failed before any answer: the proxy had closed it as idle while the
+    /// request was on its way (a meter at its connection cap closes idle connections, oldest
+    /// first, and an HTTP/2 connection in a reclaimed tunnel dies with it). Like browsers and
+    /// Go's HTTP client, an idempotent request is sent again, once, on a new connection
+    /// (RFC 9110 §9.2.2, RFC 9112 §9.3.1).
+    Stale,
+    Failed(ErrorKind),
+}
+
+impl Attempt {
+    /// A failure before the response head.
+    fn failed(error: hyper::Error, reused: bool) -> Attempt {
+        tracing::debug!(%error, reused, "request failed");
+        if reused && !error.is_user() && !error.is_parse() && !error.is_timeout() {
+            Attempt::Stale
+        } else {
+            Attempt::Failed(ErrorKind::of(error.into()))
+        }
+    }
+
+    fn kind(self) -> ErrorKind {
+        match self {
+            Attempt::Stale => ErrorKind::Http,
+            Attempt::Failed(kind) => kind,
+        }
+    }
+}
+
+impl From<ErrorKind> for Attempt {
+    fn from(kind: ErrorKind) -> Attempt {
+        Attempt::Failed(kind)
+    }
 }
 
 /// How a request is written, by where it goes.
@@ -363,23 +406,31 @@ impl Pod {
         });
         entry.requests_sent.fetch_add(1, Ordering::Relaxed);
         let key = (vendor, target);
-        let status = match (t.https, t.version) {
-            (false, HttpVersion::H1) => {
-                self.send_h1(run, key, &entry, Form::AbsoluteH1, body)
-                    .await?
-            }
-            (false, HttpVersion::H2) => {
-                self.send_h2(run, key, &entry, Form::AbsoluteH2, body)
-                    .await?
-            }
-            (true, HttpVersion::H1) => self.send_h1(run, key, &entry, Form::Origin, body).await?,
-            (true, HttpVersion::H2) => {
-                self.send_h2(run, key, &entry, Form::AbsoluteTls, body)
-                    .await?
-            }
-        };
+        let mut attempt = self.send(run, key, &entry, body).await;
+        if matches!(attempt, Err(Attempt::Stale)) && t.method.is_idempotent() {
+            run.stats.retried.fetch_add(1, Ordering::Relaxed);
+            attempt = self.send(run, key, &entry, body).await;
+        }
+        let status = attempt.map_err(Attempt::kind)?;
         entry.requests_completed.fetch_add(1, Ordering::Relaxed);
         Ok(status)
+    }
+
+    /// One attempt of a request, on a pooled connection or a new one.
+    async fn send(
+        &self,
+        run: &Context,
+        key: ConnKey,
+        entry: &BookEntry,
+        body: Option<u64>,
+    ) -> Result<u16, Attempt> {
+        let t = &run.plan.targets[key.1];
+        match (t.https, t.version) {
+            (false, HttpVersion::H1) => self.send_h1(run, key, entry, Form::AbsoluteH1, body).await,
+            (false, HttpVersion::H2) => self.send_h2(run, key, entry, Form::AbsoluteH2, body).await,
+            (true, HttpVersion::H1) => self.send_h1(run, key, entry, Form::Origin, body).await,
+            (true, HttpVersion::H2) => self.send_h2(run, key, entry, Form::AbsoluteTls, body).await,
+        }
     }
 
     fn build(
@@ -420,7 +471,7 @@ impl Pod {
         entry: &BookEntry,
         form: Form,
         body: Option<u64>,
-    ) -> Result<u16, ErrorKind> {
+    ) -> Result<u16, Attempt> {
         let t = &run.plan.targets[key.1];
         let proxy = &self.proxies[key.0];
         let pooled = {
@@ -437,14 +488,16 @@ impl Pod {
                 Reusable { sender, uses: 0 }
             }
         };
+        let reused = conn.uses > 0;
         conn.sender
             .ready()
             .await
-            .map_err(|e| ErrorKind::of(e.into()))?;
+            .map_err(|e| Attempt::failed(e, reused))?;
         let response = conn
             .sender
             .send_request(self.build(t, proxy, form, body))
-            .await;
+            .await
+            .map_err(|e| Attempt::failed(e, reused))?;
         let status = complete(
             response,
             matches!(form, Form::AbsoluteH1).then_some(&entry.http1),
@@ -466,10 +519,10 @@ impl Pod {
         entry: &BookEntry,
         form: Form,
         body: Option<u64>,
-    ) -> Result<u16, ErrorKind> {
+    ) -> Result<u16, Attempt> {
         let t = &run.plan.targets[key.1];
         let proxy = &self.proxies[key.0];
-        let mut sender = {
+        let (mut sender, reused) = {
             let mut shared = self.shared_h2.lock().await;
             let usable = shared.get(&key).is_some_and(|c| {
                 c.uses < run.plan.requests_per_connection && !c.sender.is_closed()
@@ -482,14 +535,17 @@ impl Pod {
             }
             let conn = shared.get_mut(&key).ok_or(ErrorKind::Http)?;
             conn.uses += 1;
-            conn.sender.clone()
+            (conn.sender.clone(), conn.uses > 1)
         };
-        let response = sender.send_request(self.build(t, proxy, form, body)).await;
-        complete(
+        let response = sender
+            .send_request(self.build(t, proxy, form, body))
+            .await
+            .map_err(|e| Attempt::failed(e, reused))?;
+        Ok(complete(
             response,
             matches!(form, Form::AbsoluteH2).then_some(&entry.h2),
         )
-        .await
+        .await?)
     }
 
     /// The connection a new HTTP connection runs on: TLS inside a new tunnel offering

@@ -263,6 +263,9 @@ pub struct LoadPlan {
     /// How long a pod lives before a new one (a new name, new connections) takes its place;
     /// replacements are spread evenly over the lifetime. `None`: pods live for the whole run.
     pub pod_lifetime: Option<Duration>,
+    /// Each pod sends all its requests through one vendor, drawn by the weights (crawler
+    /// deployments are usually configured with one), instead of drawing a vendor per request.
+    pub vendor_per_pod: bool,
 }
 
 impl LoadPlan {
@@ -303,6 +306,11 @@ impl Mix {
     /// A (vendor index, target index) pair.
     pub fn draw(&self, rng: &mut impl Rng) -> (usize, usize) {
         (self.vendors.sample(rng), self.targets.sample(rng))
+    }
+
+    /// A vendor index alone, by the weights.
+    pub fn draw_vendor(&self, rng: &mut impl Rng) -> usize {
+        self.vendors.sample(rng)
     }
 }
 

@@ -76,6 +76,9 @@ pub struct Stats {
     pub vendors: Vec<VendorStats>,
     pub in_flight: AtomicU64,
     pub book: Arc<Book>,
+    /// Requests sent again on a new connection because the proxy had closed the reused one
+    /// before answering (see `engine::Attempt::Stale`).
+    pub retried: AtomicU64,
     statuses: Mutex<BTreeMap<u16, u64>>,
     errors: Mutex<BTreeMap<ErrorKind, u64>>,
 }
@@ -96,6 +99,7 @@ impl Stats {
                 .collect(),
             in_flight: AtomicU64::new(0),
             book,
+            retried: AtomicU64::new(0),
             statuses: Mutex::new(BTreeMap::new()),
             errors: Mutex::new(BTreeMap::new()),
         }
@@ -200,6 +204,8 @@ pub struct Report {
     pub vendors: Vec<VendorReport>,
     pub statuses: BTreeMap<String, u64>,
     pub errors: BTreeMap<String, u64>,
+    /// Requests sent a second time after the proxy closed an idle connection as they were sent.
+    pub retried: u64,
     pub pods: usize,
     pub destinations: usize,
 }
@@ -256,6 +262,7 @@ impl Report {
                 .iter()
                 .map(|(k, v)| (k.as_str().to_owned(), *v))
                 .collect(),
+            retried: stats.retried.load(Ordering::Relaxed),
             pods: pods.len(),
             destinations: hosts.len(),
         }

@@ -28,12 +28,13 @@ use tokio::time::Instant;
 
 use crate::activity::Activity;
 use crate::context::Context;
-use crate::exchange::Outcome;
+use crate::exchange::{Exchange, Outcome};
 use crate::failure::Failure;
 use crate::lifecycle::{self, Admitted, ConnInfo, Request};
 use crate::relay::Start;
 use crate::slots::Slot;
 use crate::tunnel;
+use crate::vendor::VendorConn;
 
 /// Bytes reserved per read of a request head: a typical head in one read.
 const HEAD_READ: usize = 4096;
@@ -104,13 +105,15 @@ pub async fn serve(
                 return;
             }
         };
+        // The exchange's state lives on the heap while it runs: between requests the
+        // connection's task is only as large as this loop's own state.
         let keep_alive = match &head.target {
             RequestTarget::Connect(_) => {
-                connect(&ctx, stream, buf, &head, &conn, slot).await;
+                Box::pin(connect(&ctx, stream, buf, &head, &conn, slot)).await;
                 return;
             }
             RequestTarget::Absolute { .. } => {
-                forward::forward(&ctx, &mut stream, &mut buf, &head, &conn).await
+                Box::pin(forward::forward(&ctx, &mut stream, &mut buf, &head, &conn)).await
             }
         };
         if !keep_alive || ctx.drain.draining.is_cancelled() {
@@ -196,13 +199,57 @@ pub fn answer_bytes(failure: Failure, vendor: Option<&str>, close: bool) -> Vec<
 async fn connect(
     ctx: &Context,
     mut stream: TcpStream,
-    mut buf: BytesMut,
+    buf: BytesMut,
     head: &RequestHead,
     conn: &ConnInfo,
     mut slot: Slot,
 ) {
-    let RequestTarget::Connect(target) = &head.target else {
+    // The setup's state (admission, the vendor's answer, the client's) is on the heap and gone
+    // once the tunnel runs: a tunnel's task holds only what relaying needs.
+    let Some(established) = Box::pin(establish(ctx, &mut stream, buf, head, conn)).await else {
         return;
+    };
+    let activity = Arc::new(Activity::default());
+    slot.tunnel(activity.clone());
+    let stop = async {
+        tokio::select! {
+            () = ctx.drain.stopped.cancelled() => Outcome::Shutdown,
+            () = slot.reclaimed() => Outcome::Idle,
+        }
+    };
+    let (client_read, client_write) = stream.split();
+    let (vendor_read, vendor_write, _lease) = established.vendor.into_halves();
+    tunnel::run(
+        (client_read, client_write),
+        (vendor_read, vendor_write),
+        established.exchange,
+        established.start,
+        tunnel::limits(ctx.limits.tunnel_idle_timeout, ctx.limits.sniff_timeout),
+        &activity,
+        stop,
+    )
+    .await;
+    slot.tunnel_closed();
+}
+
+/// A tunnel the vendor accepted and the client was told about.
+struct Established {
+    vendor: VendorConn,
+    exchange: Exchange,
+    start: Start,
+}
+
+/// Admits the CONNECT, opens the tunnel through the vendor and answers the client; `None` when
+/// it was refused or failed (the client has its answer, the outcome is counted).
+async fn establish(
+    ctx: &Context,
+    stream: &mut TcpStream,
+    mut buf: BytesMut,
+    head: &RequestHead,
+    conn: &ConnInfo,
+) -> Option<Established> {
+    let RequestTarget::Connect(target) = &head.target else {
+        return None;
     };
     let authorization = values(&buf, head, FieldKind::ProxyAuthorization, None);
     let vendor_header = match &ctx.gate.vendor_header {
@@ -226,8 +273,8 @@ async fn connect(
         Ok(admitted) => admitted,
         Err(refused) => {
             let vendor = refused.vendor.as_ref().map(|v| v.as_str());
-            answer(&mut stream, refused.failure, vendor, true).await;
-            return;
+            answer(stream, refused.failure, vendor, true).await;
+            return None;
         }
     };
     buf.advance(head.len);
@@ -245,39 +292,23 @@ async fn connect(
         Err(error) => {
             exchange.failed(&error);
             drop(exchange);
-            answer(&mut stream, error.failure, Some(vendor.name.as_str()), true).await;
-            return;
+            answer(stream, error.failure, Some(vendor.name.as_str()), true).await;
+            return None;
         }
     };
     exchange.responded(200);
     if stream.write_all(ESTABLISHED).await.is_err() {
         exchange.failed(&Failure::ClientGone.into());
-        return;
+        return None;
     }
-    let activity = Arc::new(Activity::default());
-    slot.tunnel(activity.clone());
-    let stop = async {
-        tokio::select! {
-            () = ctx.drain.stopped.cancelled() => Outcome::Shutdown,
-            () = slot.reclaimed() => Outcome::Idle,
-        }
-    };
-    let (client_read, client_write) = stream.split();
-    let (vendor_read, vendor_write, _lease) = vendor_conn.into_halves();
-    tunnel::run(
-        (client_read, client_write),
-        (vendor_read, vendor_write),
+    Some(Established {
+        vendor: vendor_conn,
         exchange,
-        Start {
+        start: Start {
             to_vendor: buf.freeze(),
             to_client: leftover,
         },
-        tunnel::limits(ctx.limits.tunnel_idle_timeout, ctx.limits.sniff_timeout),
-        &activity,
-        stop,
-    )
-    .await;
-    slot.tunnel_closed();
+    })
 }
 
 const ESTABLISHED: &[u8] = b"HTTP/1.1 200 Connection established\r\n\r\n";

@@ -12,12 +12,7 @@ use std::net::SocketAddr;
 use pt_config::IdentityConfig;
 use pt_metrics::Metrics;
 use pt_metrics::caps::UNKNOWN;
-pub use pt_metrics::labels::PodIdentity;
-
-/// Resolves the pod behind a request.
-pub trait PodResolver: Send + Sync + std::fmt::Debug {
-    fn resolve(&self, metrics: &Metrics, peer: SocketAddr, username: Option<&str>) -> PodIdentity;
-}
+pub use pt_metrics::pods::{PodIdentity, PodResolver};
 
 /// The same identity for every request (a sidecar's own pod), resolved once.
 #[derive(Debug)]

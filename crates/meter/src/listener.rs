@@ -150,9 +150,26 @@ async fn serve(ctx: Arc<Context>, stream: TcpStream, conn: ConnInfo, mut slot: S
             break true;
         }
     };
+    // Each protocol's state on the heap, so that the task holds only the one it speaks.
     if is_h2 {
-        h2::serve(ctx.clone(), stream, conn, slot, buf, first_deadline).await;
+        Box::pin(h2::serve(
+            ctx.clone(),
+            stream,
+            conn,
+            slot,
+            buf,
+            first_deadline,
+        ))
+        .await;
     } else {
-        http1::serve(ctx.clone(), stream, conn, slot, buf, first_deadline).await;
+        Box::pin(http1::serve(
+            ctx.clone(),
+            stream,
+            conn,
+            slot,
+            buf,
+            first_deadline,
+        ))
+        .await;
     }
 }

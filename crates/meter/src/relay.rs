@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use pt_sniff::tls_records::Records;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::time::Instant;
 
 use crate::activity::Activity;
@@ -134,14 +134,16 @@ where
         Ok::<(), Failed>(())
     };
     let vendor_to_client = async {
-        if !start.to_client.is_empty() {
-            records.feed(&start.to_client);
+        let early = start.to_client;
+        if !early.is_empty() {
+            records.feed(&early);
             client_write
-                .write_all(&start.to_client)
+                .write_all(&early)
                 .await
                 .map_err(|e| Failed(Side::Client, e))?;
-            down += start.to_client.len() as u64;
+            down += early.len() as u64;
         }
+        drop(early);
         copy(
             &mut vendor_read,
             &mut client_write,
@@ -224,10 +226,10 @@ where
     R: AsyncRead + Unpin + ?Sized,
     W: AsyncWrite + Unpin + ?Sized,
 {
-    let mut buf = vec![0u8; INITIAL_BUFFER];
+    let mut buf = Buffer::default();
     loop {
-        let n = reader
-            .read(&mut buf)
+        let n = buf
+            .read_from(reader)
             .await
             .map_err(|e| (CopySide::Reader, e))?;
         activity.touch();
@@ -237,20 +239,72 @@ where
             return Ok(());
         }
         if let Some(records) = records.as_deref_mut() {
-            records.feed(&buf[..n]);
+            records.feed(buf.filled(n));
         }
         writer
-            .write_all(&buf[..n])
+            .write_all(buf.filled(n))
             .await
             .map_err(|e| (CopySide::Writer, e))?;
         activity.touch();
         *total += n as u64;
-        let len = buf.len();
+        buf.adapt(n);
+    }
+}
+
+/// How long a direction keeps its buffer with nothing to read: a pause inside a transfer
+/// keeps it, an idle keep-alive tunnel lets it go.
+const RELEASE_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// A direction's buffer: [`INITIAL_BUFFER`] bytes to start, doubling while reads fill it up to
+/// [`MAX_BUFFER`], halving when they use an eighth of it or less, and back to the initial size
+/// when nothing has come for [`RELEASE_AFTER`]: an idle tunnel holds two small buffers.
+#[derive(Default)]
+struct Buffer {
+    bytes: Vec<u8>,
+}
+
+impl Buffer {
+    fn filled(&self, n: usize) -> &[u8] {
+        &self.bytes[..n]
+    }
+
+    /// Reads into the buffer, shrinking it while the reader stays quiet.
+    async fn read_from<R: AsyncRead + Unpin + ?Sized>(
+        &mut self,
+        reader: &mut R,
+    ) -> io::Result<usize> {
+        let mut release = std::pin::pin!(tokio::time::sleep(RELEASE_AFTER));
+        std::future::poll_fn(|cx| {
+            if self.bytes.is_empty() {
+                // A read needs room to wait on: an empty buffer would read as end of stream.
+                self.bytes.resize(INITIAL_BUFFER, 0);
+            }
+            let mut read = ReadBuf::new(&mut self.bytes);
+            match std::pin::Pin::new(&mut *reader).poll_read(cx, &mut read) {
+                std::task::Poll::Ready(result) => {
+                    std::task::Poll::Ready(result.map(|()| read.filled().len()))
+                }
+                std::task::Poll::Pending => {
+                    if self.bytes.len() > INITIAL_BUFFER && release.as_mut().poll(cx).is_ready() {
+                        // Quiet for a while: keep only the initial size. The reader's waker is
+                        // registered; the next poll reads into the smaller buffer.
+                        self.bytes = vec![0u8; INITIAL_BUFFER];
+                    }
+                    std::task::Poll::Pending
+                }
+            }
+        })
+        .await
+    }
+
+    /// Sizes the buffer after a read of `n` bytes.
+    fn adapt(&mut self, n: usize) {
+        let len = self.bytes.len();
         if n == len && len < MAX_BUFFER {
-            buf.resize(len * 2, 0);
+            self.bytes.resize(len * 2, 0);
         } else if n <= len / 8 && len > INITIAL_BUFFER {
-            buf.truncate(len / 2);
-            buf.shrink_to_fit();
+            self.bytes.truncate(len / 2);
+            self.bytes.shrink_to_fit();
         }
     }
 }

@@ -280,7 +280,9 @@ impl Vendors {
             let response =
                 read_response_head(&mut conn.stream.read, &mut buf, RequestKind::Connect).await?;
             match response.status {
-                200..=299 => Ok(buf.split_off(response.len).freeze()),
+                // The destination's first bytes, if any, copied out: a slice would keep the
+                // whole read buffer alive for the tunnel's lifetime.
+                200..=299 => Ok(Bytes::copy_from_slice(&buf[response.len..])),
                 407 => Err(Failure::Upstream(UpstreamErrorReason::VendorAuth).into()),
                 status => Err(Failure::TunnelRefused(status).into()),
             }

@@ -70,6 +70,19 @@ impl fmt::Debug for PodIdentity {
     }
 }
 
+/// Resolves the pod behind a request: the seam between the meter and where identities come
+/// from (a sidecar's own pod, a proxy username, a Kubernetes pod watch in `pt-kube`). Every
+/// answer goes through the pod table of the metrics, so a hostile client cannot mint unbounded
+/// label values.
+pub trait PodResolver: Send + Sync + fmt::Debug {
+    fn resolve(
+        &self,
+        metrics: &crate::Metrics,
+        peer: std::net::SocketAddr,
+        username: Option<&str>,
+    ) -> PodIdentity;
+}
+
 /// An admitted pod.
 #[derive(Debug)]
 struct Entry {

@@ -209,10 +209,13 @@ def meter_part(args, binary, work):
         small = measured("21-pods", 21, args.baseline_seconds, 0, max(args.sample // 2, 2))
         fleet = measured(f"{args.pods}-pods", args.pods, args.minutes * 60, args.churn, args.sample)
         # After the fleet is gone: how long its pods' series stay.
-        print(f"  waiting for departed pods' series (ttl {args.ttl}s)")
         released = []
         started = time.time()
-        while time.time() - started < args.ttl + 90:
+        if not args.smoke:
+            print(f"  waiting for departed pods' series (ttl {args.ttl}s)")
+        # The smoke run does not wait the TTL out (two minutes at least); the unit tests of
+        # pt-metrics and pt-meter cover the release itself.
+        while time.time() - started < (args.ttl + 90 if not args.smoke else 0):
             text, took = scrape(admin)
             _, live_pods, series = families(text)
             released.append({"t": round(time.time() - started), "pods": len(live_pods), "series": series,
@@ -221,6 +224,7 @@ def meter_part(args, binary, work):
                 break
             time.sleep(10)
         return {"idle_rss_mib": round(idle_rss, 1), "small": small, "fleet": fleet, "released": released,
+                "rate": args.rate, "churn": args.churn, "minutes": args.minutes,
                 "ttl_seconds": args.ttl,
                 "cpu_ratio": round(fleet["cpu_us_per_request"] / max(small["cpu_us_per_request"], 1e-9), 3)}
     finally:
@@ -259,14 +263,25 @@ def main():
     parser.add_argument("--baseline-seconds", type=int, default=60)
     parser.add_argument("--sample", type=int, default=10, help="seconds between samples")
     parser.add_argument("--binary", help="the proxy-telemetry binary (default: build the release one)")
+    parser.add_argument("--pt-bench", help="the pt-bench binary (default: build the release one)")
     parser.add_argument("--smoke", action="store_true", help="a small run for the test suite")
     parser.add_argument("--skip-prometheus", action="store_true")
     parser.add_argument("--skip-meter", action="store_true")
+    parser.add_argument("--profiles", default="gateway,sidecar", help="Prometheus part: topologies")
+    parser.add_argument("--live-lifetime", type=float, default=150,
+                        help="Prometheus part: seconds a pod lives in the live run (hourly churn, compressed)")
+    parser.add_argument("--raw-hours", type=int, default=24, help="Prometheus part: hours of raw samples backfilled")
+    parser.add_argument("--history-days", type=float, default=7, help="Prometheus part: days of recorded series backfilled")
+    parser.add_argument("--scrape-interval", type=float, default=15,
+                        help="Prometheus part: seconds (the chart's 15; the smoke run's shorter)")
+    parser.add_argument("--skip-history", action="store_true", help="Prometheus part: the live run only")
     parser.add_argument("--work", default=os.environ.get("SCALE_WORK", "/tmp/pt-scale"))
     args = parser.parse_args()
+    args.profiles = [p for p in args.profiles.split(",") if p]
     if args.smoke:
         args.pods, args.rate, args.minutes, args.churn = 300, 200, 0.25, 60
         args.baseline_seconds, args.sample, args.ttl = 5, 3, 120
+        args.live_lifetime, args.raw_hours, args.history_days, args.scrape_interval = 12, 2, 0.25, 2
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     binary = str(Path(args.binary).resolve()) if args.binary else None
@@ -274,17 +289,28 @@ def main():
         print("building the meter (release)")
         subprocess.run(["cargo", "build", "--release", "--locked", "-p", "proxy-telemetry"], cwd=ROOT, check=True)
         binary = str(ROOT / "target/release/proxy-telemetry")
-    results = {"when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": machine()}
+    out_dir = work if args.smoke else ROOT / "bench/results"
+    # A part skipped keeps its last report: each part can be rerun on its own.
+    previous = out_dir / "scale.json"
+    results = json.loads(previous.read_text()) if previous.exists() and not args.smoke else {}
+    results["machine"] = machine()
+    stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     if not args.skip_meter:
         results["meter"] = meter_part(args, binary, work)
+        results["meter"]["when"], results["meter"]["args"] = stamp, meter_args(args)
     if not args.skip_prometheus:
         sys.path.insert(0, str(Path(__file__).parent))
         import scale_prometheus
-        results["prometheus"] = scale_prometheus.run(args, work)
-    out_dir = work if args.smoke else ROOT / "bench/results"
+        results.setdefault("prometheus", {}).update(scale_prometheus.run(args, work))
+        for profile in args.profiles:
+            results["prometheus"][profile]["when"] = stamp
     (out_dir / "scale.json").write_text(json.dumps(results, indent=2) + "\n")
     write_report(results, out_dir / "scale.md", args)
     print(f"wrote {out_dir / 'scale.md'}")
+
+
+def meter_args(args):
+    return f"--pods {args.pods} --rate {args.rate:g} --minutes {args.minutes:g} --churn {args.churn:g}"
 
 
 def machine():
@@ -294,15 +320,15 @@ def machine():
 
 
 def write_report(results, path, args):
-    lines = ["# Scale report", "", f"Measured {results['when']} on {results['machine']} by `bench/scale.sh`"
-             f" (`--pods {args.pods} --rate {args.rate:g} --minutes {args.minutes:g} --churn {args.churn:g}`).", ""]
+    lines = ["# Scale report", "", f"Measured on {results['machine']} by `bench/scale.sh` (one command: both parts; "
+             "`--skip-meter` or `--skip-prometheus` reruns one and keeps the other's last report).", ""]
     if "meter" in results:
         m = results["meter"]
         table, _ = meter_summary(m)
-        lines += ["## A shared meter", "",
+        lines += ["## A shared meter", "", f"Measured {m.get('when', '?')} (`{m.get('args', '')}`).", "",
                   f"One meter (gateway topology, identities by proxy username, three vendors, access log off, "
-                  f"default limits) carrying {m['fleet']['pods']} pods at {args.rate:g} requests/s in total, "
-                  f"{args.churn:g}% of the pods replaced every minute, for {args.minutes:g} minutes; the same rate "
+                  f"default limits) carrying {m['fleet']['pods']} pods at {m['rate']:g} requests/s in total, "
+                  f"{m['churn']:g}% of the pods replaced every minute, for {m['minutes']:g} minutes; the same rate "
                   f"from 21 pods first, in the same run.", "", table, "",
                   "Timeline of the fleet run (every sample):", "",
                   "| t (s) | RSS (MiB) | `/metrics` (bytes) | series | pods | served in (ms) |", "|---|---|---|---|---|---|"]

@@ -30,6 +30,8 @@ if ! "$venv/bin/python" -c "import pytest, yaml, helm_python, kubernetes_validat
     pytest pyyaml helm-python-sdk kubernetes-validate check-jsonschema yamllint jsonpatch
 fi
 
+# The scale harness' smoke test (tests/scale_smoke.rs) runs pt-bench, which no test builds.
+cargo build -p pt-bench --locked
 cargo test --workspace --locked
 # The deployment tests run the meter binary built above (meter --check-config).
 PATH="$PWD/$venv/bin:$PATH" "$venv/bin/pytest" -q deploy/tests

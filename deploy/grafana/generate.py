@@ -6,8 +6,13 @@
 
 Dashboards are described here compactly (panels as title, type, queries) and rendered with the
 same conventions everywhere: a stable uid, a `datasource` variable, `vendor`, `namespace`,
-`workload` and `pod` variables, `$__rate_interval` in every rate over raw counters, and the recording rules of
-files/prometheus-rules.yaml for the aggregations that are expensive at fleet scale.
+`workload` and `pod` variables, `$__rate_interval` in every rate over raw counters.
+
+Built for fleets whose pods churn (bench/results/scale.md): every panel over days reads the
+recording rules of files/prometheus-rules.yaml (per vendor, per workload, per destination), whose
+series survive pod churn; the panels that read per-pod raw series show the last six hours
+whatever the dashboard's range (a day of hourly churn is 24 generations of pods), and the pod
+variable is a pattern typed in, not a list of every pod that ever ran.
 """
 
 import json
@@ -17,7 +22,13 @@ from pathlib import Path
 OUT = Path(__file__).resolve().parent.parent / "helm/proxy-telemetry/files/dashboards"
 
 VENDOR = 'proxy_vendor=~"$vendor"'
-POD = 'proxy_vendor=~"$vendor",source_namespace=~"$namespace",source_workload=~"$workload",source_pod=~"$pod"'
+WORKLOAD = 'proxy_vendor=~"$vendor",source_namespace=~"$namespace",source_workload=~"$workload"'
+POD = f'{WORKLOAD},source_pod=~"$pod"'
+# Per-pod panels: the last six hours, whatever the dashboard's range.
+POD_WINDOW = "6h"
+POD_NOTE = ("Per-pod detail over the last 6 hours, whatever the dashboard's range: pods churn, and a day holds "
+            "dozens of generations of them. Per workload for longer; the meter's access log for any pod over any "
+            "period.")
 
 
 def variables(extra=()):
@@ -33,19 +44,27 @@ def variables(extra=()):
     return [
         {"name": "datasource", "label": "Data source", "type": "datasource", "query": "prometheus",
          "current": {}, "hide": 0, "refresh": 1},
-        query("vendor", "Vendor", "label_values(proxy_requests_total, proxy_vendor)"),
-        query("namespace", "Namespace", f"label_values(proxy_requests_total{{{VENDOR}}}, source_namespace)"),
+        query("vendor", "Vendor", "label_values(vendor:proxy_requests:rate5m, proxy_vendor)"),
+        query("namespace", "Namespace",
+              f"label_values(vendor_workload_status_class:proxy_requests:rate5m{{{VENDOR}}}, source_namespace)"),
         query("workload", "Workload",
-              f'label_values(proxy_requests_total{{{VENDOR},source_namespace=~"$namespace"}}, source_workload)'),
-        query("pod", "Pod", f'label_values(proxy_requests_total{{{VENDOR},source_namespace=~"$namespace",'
-                            f'source_workload=~"$workload"}}, source_pod)'),
+              f'label_values(vendor_workload_status_class:proxy_requests:rate5m{{{VENDOR},source_namespace=~"$namespace"}}, '
+              "source_workload)"),
+        {"name": "pod", "label": "Pod (regex)", "type": "textbox", "query": ".*",
+         "current": {"text": ".*", "value": ".*"},
+         "description": "A pattern of pod names for the per-pod panels (thousands of pods churn: no list)."},
         *[query(name, label, expr) for name, label, expr in extra],
     ]
 
 
-def panel(title, kind, queries, unit="short", w=12, h=8, description="", legend=None, options=None):
+def panel(title, kind, queries, unit="short", w=12, h=8, description="", legend=None, options=None, time_from=None):
     return {"title": title, "type": kind, "queries": queries, "unit": unit, "w": w, "h": h,
-            "description": description, "legend": legend, "options": options or {}}
+            "description": description, "legend": legend, "options": options or {}, "time_from": time_from}
+
+
+def pod_panel(title, kind, queries, unit="short", w=12, h=8, description=""):
+    return panel(title, kind, queries, unit, w, h, " ".join(filter(None, [description, POD_NOTE])),
+                 time_from=POD_WINDOW)
 
 
 def render(uid, title, description, panels, extra_variables=()):
@@ -67,6 +86,7 @@ def render(uid, title, description, panels, extra_variables=()):
             "gridPos": {"x": x, "y": y, "w": p["w"], "h": p["h"]},
             "fieldConfig": {"defaults": {"unit": p["unit"]}, "overrides": []},
             "options": p["options"], "targets": targets,
+            **({"timeFrom": p["time_from"]} if p["time_from"] else {}),
         })
         x += p["w"]
         row_h = max(row_h, p["h"])
@@ -85,92 +105,101 @@ def rate(metric, selector=POD, by="proxy_vendor"):
     return f"sum by ({by}) (rate({metric}{{{selector}}}[$__rate_interval]))"
 
 
+def recorded(name, by="proxy_vendor", selector=WORKLOAD):
+    return f"sum by ({by}) ({name}{{{selector}}})"
+
+
+REQUESTS = "vendor_workload_status_class:proxy_requests:rate5m"
+SUCCESS = f'{REQUESTS}{{{WORKLOAD},status_class=~"2xx|3xx"}}'
+SENT = "vendor_workload:proxy_sent_bytes:rate5m"
+RECEIVED = "vendor_workload:proxy_received_bytes:rate5m"
+
+
 OVERVIEW = render(
     "pt-overview", "Proxy Overview",
-    "Requests, success and bandwidth per proxy vendor (requirements a, c, d at a glance).",
+    "Requests, success and bandwidth per proxy vendor (requirements a, c, d at a glance); filters by namespace "
+    "and workload. 5-minute rates from the recording rules.",
     [
-        panel("Request rate", "stat", [(f"sum(rate(proxy_requests_total{{{POD}}}[$__rate_interval]))", "")], "reqps", w=6, h=4),
-        panel("Success rate", "stat", [(
-            f'sum(rate(proxy_requests_total{{{POD},status_class=~"2xx|3xx"}}[$__rate_interval])) '
-            f"/ sum(rate(proxy_requests_total{{{POD}}}[$__rate_interval]))", "")], "percentunit", w=6, h=4),
-        panel("Active pods", "stat", [(f"sum(vendor:proxy_active_pods:count{{{VENDOR}}})", "")], w=6, h=4,
+        panel("Request rate", "stat", [(f"sum({REQUESTS}{{{WORKLOAD}}})", "")], "reqps", w=6, h=4),
+        panel("Success rate", "stat", [(f"sum({SUCCESS}) / sum({REQUESTS}{{{WORKLOAD}}})", "")], "percentunit", w=6, h=4),
+        panel("Active pods", "stat", [(f"sum(vendor_workload:proxy_active_pods:count{{{WORKLOAD}}})", "")], w=6, h=4,
               description="Pods with at least one request through the vendor in the last 5 minutes."),
-        panel("Total bandwidth", "stat", [(
-            f"sum(rate(proxy_sent_bytes_total{{{POD}}}[$__rate_interval])) "
-            f"+ sum(rate(proxy_received_bytes_total{{{POD}}}[$__rate_interval]))", "")], "Bps", w=6, h=4),
-        panel("Requests per vendor", "timeseries", [(rate("proxy_requests_total"), "{{proxy_vendor}}")], "reqps"),
-        panel("Success rate per vendor", "timeseries", [(f"vendor:proxy_requests_success:ratio_rate5m{{{VENDOR}}}", "{{proxy_vendor}}")],
+        panel("Total bandwidth", "stat", [(f"sum({SENT}{{{WORKLOAD}}}) + sum({RECEIVED}{{{WORKLOAD}}})", "")], "Bps", w=6, h=4),
+        panel("Requests per vendor", "timeseries", [(recorded(REQUESTS), "{{proxy_vendor}}")], "reqps"),
+        panel("Success rate per vendor", "timeseries", [(
+            f"sum by (proxy_vendor) ({SUCCESS}) / {recorded(REQUESTS)}", "{{proxy_vendor}}")],
               "percentunit", description="Share of 2xx and 3xx answers, 5-minute window."),
-        panel("Requests by status class", "timeseries", [(rate("proxy_requests_total", by="proxy_vendor, status_class"),
+        panel("Requests by status class", "timeseries", [(recorded(REQUESTS, by="proxy_vendor, status_class"),
                                                            "{{proxy_vendor}} {{status_class}}")], "reqps"),
-        panel("Requests by protocol", "timeseries", [(rate("proxy_requests_total", by="proxy_vendor, protocol"),
+        panel("Requests by protocol", "timeseries", [(recorded("vendor_workload_protocol:proxy_requests:rate5m",
+                                                               by="proxy_vendor, protocol"),
                                                       "{{proxy_vendor}} {{protocol}}")], "reqps",
               description="http1 and h2 are plain-HTTP requests; connect counts tunnels (HTTPS)."),
         panel("Bandwidth per vendor", "timeseries", [
-            (rate("proxy_sent_bytes_total"), "{{proxy_vendor}} sent"),
-            (rate("proxy_received_bytes_total"), "{{proxy_vendor}} received")], "Bps", w=24),
+            (recorded(SENT), "{{proxy_vendor}} sent"),
+            (recorded(RECEIVED), "{{proxy_vendor}} received")], "Bps", w=24),
     ],
 )
 
 BANDWIDTH = render(
     "pt-bandwidth", "Bandwidth Analytics",
-    "Bytes sent to and received from each vendor, per vendor and per pod: what vendors bill (requirements c and d).",
+    "Bytes sent to and received from each vendor, per vendor, per workload and per pod: what vendors bill "
+    "(requirements c and d).",
     [
-        panel("Sent per vendor", "timeseries", [(rate("proxy_sent_bytes_total"), "{{proxy_vendor}}")], "Bps"),
-        panel("Received per vendor", "timeseries", [(rate("proxy_received_bytes_total"), "{{proxy_vendor}}")], "Bps"),
-        panel("Top pods by bytes received", "timeseries", [(
-            f"topk(10, {rate('proxy_received_bytes_total', by='proxy_vendor, source_namespace, source_pod')})",
-            "{{source_namespace}}/{{source_pod}} via {{proxy_vendor}}")], "Bps"),
-        panel("Top pods by bytes sent", "timeseries", [(
-            f"topk(10, {rate('proxy_sent_bytes_total', by='proxy_vendor, source_namespace, source_pod')})",
-            "{{source_namespace}}/{{source_pod}} via {{proxy_vendor}}")], "Bps"),
+        panel("Sent per vendor", "timeseries", [(recorded(SENT), "{{proxy_vendor}}")], "Bps"),
+        panel("Received per vendor", "timeseries", [(recorded(RECEIVED), "{{proxy_vendor}}")], "Bps"),
         panel("Received per workload", "timeseries", [(
-            f'topk(10, vendor_workload:proxy_received_bytes:rate5m{{{VENDOR},source_namespace=~"$namespace",'
-            f'source_workload=~"$workload"}})', "{{source_namespace}}/{{source_workload}} via {{proxy_vendor}}")], "Bps",
+            f"topk(10, {RECEIVED}{{{WORKLOAD}}})", "{{source_namespace}}/{{source_workload}} via {{proxy_vendor}}")], "Bps",
               description="Deployments, StatefulSets, Jobs: their series outlive pod churn (5-minute rates)."),
         panel("Sent per workload", "timeseries", [(
-            f'topk(10, vendor_workload:proxy_sent_bytes:rate5m{{{VENDOR},source_namespace=~"$namespace",'
-            f'source_workload=~"$workload"}})', "{{source_namespace}}/{{source_workload}} via {{proxy_vendor}}")], "Bps"),
+            f"topk(10, {SENT}{{{WORKLOAD}}})", "{{source_namespace}}/{{source_workload}} via {{proxy_vendor}}")], "Bps"),
+        pod_panel("Top pods by bytes received", "timeseries", [(
+            f"topk(10, {rate('proxy_received_bytes_total', by='proxy_vendor, source_namespace, source_pod')})",
+            "{{source_namespace}}/{{source_pod}} via {{proxy_vendor}}")], "Bps"),
+        pod_panel("Top pods by bytes sent", "timeseries", [(
+            f"topk(10, {rate('proxy_sent_bytes_total', by='proxy_vendor, source_namespace, source_pod')})",
+            "{{source_namespace}}/{{source_pod}} via {{proxy_vendor}}")], "Bps"),
         panel("Transfer in the last 24 h per vendor", "bargauge", [
             (f"vendor:proxy_sent_bytes:increase24h{{{VENDOR}}}", "{{proxy_vendor}} sent"),
             (f"vendor:proxy_received_bytes:increase24h{{{VENDOR}}}", "{{proxy_vendor}} received")], "bytes",
               description="From recording rules evaluated every 5 minutes."),
         panel("Top pods, last 24 h", "table", [(
-            f'topk(20, vendor_pod:proxy_received_bytes:increase24h{{{VENDOR},source_namespace=~"$namespace"}})', "")], "bytes"),
+            f'vendor_pod:proxy_received_bytes:increase24h_top20{{{WORKLOAD}}}', "")], "bytes",
+              description="The 20 pods of the fleet that received most over the last 24 hours (recorded every 5 minutes)."),
         panel("Bytes per request by vendor", "timeseries", [(
-            f"{rate('proxy_received_bytes_total')} / {rate('proxy_requests_total')}", "{{proxy_vendor}}")], "bytes", w=24,
+            f"{recorded(RECEIVED)} / {recorded(REQUESTS)}", "{{proxy_vendor}}")], "bytes", w=24,
               description="Average bytes received per request or tunnel."),
     ],
 )
 
+DESTINATION = 'proxy_vendor=~"$vendor",destination=~"$destination"'
 DESTINATIONS = render(
     "pt-destinations", "Destination Tracking",
     "Where crawlers go through each vendor: requests and bytes per destination (requirement b).",
     [
-        panel("Distinct destinations", "stat", [(
-            f"count(count by (proxy_vendor, destination) (proxy_destination_requests_total{{{VENDOR}}}))", "")], w=8, h=4),
+        panel("Distinct destinations", "stat", [(f"sum(vendor:proxy_destinations:count{{{VENDOR}}})", "")], w=8, h=4),
         panel("Requests folded into other", "stat", [(
-            f'sum(rate(proxy_destination_requests_total{{{VENDOR},destination="other"}}[$__rate_interval]))', "")], "reqps", w=8, h=4,
-              description="Past metrics.max_destinations_per_vendor, new destinations count as other."),
-        panel("Destination label values in use", "stat", [(f"max(proxy_destination_labels{{{VENDOR}}})", "")], w=8, h=4,
-              description="The most any one meter holds, against its limit."),
+            f'sum(vendor_destination:proxy_destination_requests:rate5m{{{VENDOR},destination="other"}})', "")],
+              "reqps", w=8, h=4, description="Past metrics.max_destinations_per_vendor, new destinations count as other."),
+        panel("Destination label values in use", "stat", [(f"max(vendor:proxy_destination_labels:max{{{VENDOR}}})", "")],
+              w=8, h=4, description="The most any one meter holds, against its limit."),
         panel("Top destinations per vendor", "table", [(
             f"topk(20, vendor_destination:proxy_destination_requests:rate5m{{{VENDOR}}})", "")], "reqps"),
         panel("Requests per destination", "timeseries", [(
-            f'topk(10, sum by (proxy_vendor, destination) (rate(proxy_destination_requests_total{{{VENDOR},destination=~"$destination"}}[$__rate_interval])))',
+            f"topk(10, vendor_destination:proxy_destination_requests:rate5m{{{DESTINATION}}})",
             "{{destination}} via {{proxy_vendor}}")], "reqps"),
         panel("Bytes received per destination", "timeseries", [(
-            f'topk(10, sum by (proxy_vendor, destination) (rate(proxy_destination_received_bytes_total{{{VENDOR},destination=~"$destination"}}[$__rate_interval])))',
+            f"topk(10, vendor_destination:proxy_destination_received_bytes:rate5m{{{DESTINATION}}})",
             "{{destination}} via {{proxy_vendor}}")], "Bps"),
         panel("Bytes sent per destination", "timeseries", [(
-            f'topk(10, sum by (proxy_vendor, destination) (rate(proxy_destination_sent_bytes_total{{{VENDOR},destination=~"$destination"}}[$__rate_interval])))',
+            f"topk(10, vendor_destination:proxy_destination_sent_bytes:rate5m{{{DESTINATION}}})",
             "{{destination}} via {{proxy_vendor}}")], "Bps"),
-        panel("Requests of the selected pods", "timeseries", [(rate("proxy_requests_total", by="proxy_vendor, source_pod"),
-                                                               "{{source_pod}} via {{proxy_vendor}}")], "reqps",
-              description="Per-pod families carry no destination; the access log has pod × destination."),
+        pod_panel("Requests of the selected pods", "timeseries", [(rate("proxy_requests_total", by="proxy_vendor, source_pod"),
+                                                                   "{{source_pod}} via {{proxy_vendor}}")], "reqps",
+                  description="Per-pod families carry no destination; the access log has pod × destination."),
     ],
     extra_variables=[("destination", "Destination",
-                      f"label_values(proxy_destination_requests_total{{{VENDOR}}}, destination)")],
+                      f"label_values(vendor_destination:proxy_destination_requests:rate5m{{{VENDOR}}}, destination)")],
 )
 
 HEALTH = render(
@@ -181,22 +210,20 @@ HEALTH = render(
             f"vendor:proxy_request_duration_seconds:histogram_quantile{{{VENDOR}}}", "{{proxy_vendor}} p{{quantile}}")], "s",
               description="To the vendor's response head, or to the tunnel established."),
         panel("Latency by protocol (p99)", "timeseries", [(
-            f"histogram_quantile(0.99, sum by (proxy_vendor, protocol, le) (rate(proxy_request_duration_seconds_bucket{{{VENDOR}}}[$__rate_interval])))",
+            f"vendor_protocol:proxy_request_duration_seconds:histogram_quantile{{{VENDOR}}}",
             "{{proxy_vendor}} {{protocol}}")], "s"),
         panel("Vendor errors by reason", "timeseries", [(
-            f"sum by (proxy_vendor, reason) (rate(proxy_upstream_errors_total{{{VENDOR}}}[$__rate_interval]))",
-            "{{proxy_vendor}} {{reason}}")], "reqps"),
-        panel("Refused requests by reason", "timeseries", [(
-            "sum by (reason) (rate(proxy_rejected_requests_total[$__rate_interval]))", "{{reason}}")], "reqps",
+            f"vendor_reason:proxy_upstream_errors:rate5m{{{VENDOR}}}", "{{proxy_vendor}} {{reason}}")], "reqps"),
+        panel("Refused requests by reason", "timeseries", [("reason:proxy_rejected_requests:rate5m", "{{reason}}")], "reqps",
               description="Refused by the meter before anything was forwarded (policy, credentials, limits)."),
         panel("Active tunnels", "timeseries", [(f"vendor:proxy_active_tunnels:sum{{{VENDOR}}}", "{{proxy_vendor}}")]),
         panel("Tunnels by inner protocol", "timeseries", [(
-            f"sum by (proxy_vendor, inner) (rate(proxy_tunnels_total{{{VENDOR}}}[$__rate_interval]))",
-            "{{proxy_vendor}} {{inner}}")], "reqps", description="From the TLS ClientHello inside each tunnel."),
-        panel("Meters up", "stat", [('sum(up{job="proxy-telemetry"})', "")], w=6, h=4),
-        panel("Meters down", "stat", [('count(up{job="proxy-telemetry"} == 0) or vector(0)', "")], w=6, h=4),
-        panel("Open client connections", "stat", [("sum(proxy_open_connections)", "")], w=6, h=4),
-        panel("Meter versions", "stat", [("count by (version) (proxy_build_info)", "{{version}}")], w=6, h=4),
+            f"vendor_inner:proxy_tunnels:rate5m{{{VENDOR}}}", "{{proxy_vendor}} {{inner}}")], "reqps",
+              description="From the TLS ClientHello inside each tunnel."),
+        panel("Meters up", "stat", [("sum(job:up:sum)", "")], w=6, h=4),
+        panel("Meters down", "stat", [("sum(job:up:count) - sum(job:up:sum)", "")], w=6, h=4),
+        panel("Open client connections", "stat", [("sum(job:proxy_open_connections:sum)", "")], w=6, h=4),
+        panel("Meter versions", "stat", [("version:proxy_build_info:count", "{{version}}")], w=6, h=4),
     ],
 )
 

@@ -69,6 +69,10 @@ pub struct Fleet {
     /// Requests per second of each pod.
     #[arg(long, default_value_t = 0.4)]
     pub rate: f64,
+    /// Seconds a sidecar keeps answering scrapes after its pod is gone from the target list:
+    /// the meter's `shutdown.final_scrape_delay`, so that its last counts are scraped.
+    #[arg(long, default_value_t = 15.0)]
+    pub final_scrape_delay: f64,
     /// The instant (Unix seconds) the slots' replacement schedule is counted from.
     #[arg(long, default_value_t = 1_700_000_000.0)]
     pub epoch: f64,
@@ -273,7 +277,9 @@ impl Fleet {
     pub fn alive(&self, target: Target, t: f64) -> bool {
         match target {
             Target::Sidecar { slot, generation } => {
-                slot < self.pods && self.generation_at(slot, t) == generation
+                slot < self.pods
+                    && (self.generation_at(slot, t) == generation
+                        || self.generation_at(slot, t - self.final_scrape_delay) == generation)
             }
             Target::Gateway { replica } => replica < self.replicas.max(1),
         }
@@ -717,6 +723,7 @@ pub fn history(
     to: f64,
     step: f64,
     instance: &str,
+    keep: Option<&std::collections::HashSet<String>>,
     out: &mut impl std::io::Write,
 ) -> std::io::Result<u64> {
     let mut samples = 0u64;
@@ -755,8 +762,31 @@ pub fn history(
         let mut series: Vec<(String, Vec<(f64, f64)>)> = Vec::new();
         let mut index: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
         while t < end {
-            for (family, suffix, sample_labels, value) in fleet.samples(info.target, t).rows {
-                let key = format!("{}{}{{{}}}", family.name, suffix, sample_labels);
+            let rows = fleet.samples(info.target, t).rows;
+            let scraped = rows.len();
+            let mut kept = 0usize;
+            for (family, suffix, sample_labels, value) in rows {
+                let name = format!("{}{}", family.name, suffix);
+                if keep.is_some_and(|keep| !keep.contains(&name)) {
+                    continue;
+                }
+                kept += 1;
+                let key = format!("{name}{{{sample_labels}}}");
+                let i = *index.entry(key.clone()).or_insert_with(|| {
+                    series.push((key, Vec::new()));
+                    series.len() - 1
+                });
+                series[i].1.push((t, value));
+            }
+            // What Prometheus writes for every target at every scrape.
+            for (name, value) in [
+                ("up", 1.0),
+                ("scrape_duration_seconds", 0.002),
+                ("scrape_samples_scraped", scraped as f64),
+                ("scrape_samples_post_metric_relabeling", kept as f64),
+                ("scrape_series_added", 0.0),
+            ] {
+                let key = format!("{name}{{}}");
                 let i = *index.entry(key.clone()).or_insert_with(|| {
                     series.push((key, Vec::new()));
                     series.len() - 1

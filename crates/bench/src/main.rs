@@ -113,6 +113,10 @@ enum Workload {
         /// The `instance` label of the samples.
         #[arg(long, default_value = "10.0.0.1:9091")]
         instance: String,
+        /// Only these sample names (what the scrape configuration's relabelling keeps),
+        /// comma-separated; default: every one.
+        #[arg(long, value_delimiter = ',')]
+        keep: Option<Vec<String>>,
         #[arg(long)]
         out: std::path::PathBuf,
     },
@@ -174,10 +178,13 @@ fn main() -> anyhow::Result<()> {
                 to,
                 step,
                 instance,
+                keep,
                 out,
             } => {
+                let keep = keep.map(|names| names.into_iter().collect());
                 let mut file = std::io::BufWriter::new(std::fs::File::create(&out)?);
-                let samples = fleet::history(&fleet, from, to, step, &instance, &mut file)?;
+                let samples =
+                    fleet::history(&fleet, from, to, step, &instance, keep.as_ref(), &mut file)?;
                 std::io::Write::flush(&mut file)?;
                 Ok(serde_json::json!({ "samples": samples }).to_string())
             }

@@ -215,3 +215,14 @@ pods (see docs/deployment.md and deploy/kustomize/sidecar). Call with the root c
   ports:
     - {port: {{ .Values.meter.metricsPort }}, protocol: TCP}
 {{- end }}
+
+{{/*
+The metric relabelling of prometheus.sidecarSeries=lean: a gateway's series all kept, a sidecar's
+only the per-pod families of requirements a, c, d and the failure counters. `snake`: Prometheus'
+own field names (source_labels), else the operator's (sourceLabels).
+*/}}
+{{- define "proxy-telemetry.sidecarSeries" -}}
+- {{ if .snake }}source_labels{{ else }}sourceLabels{{ end }}: [component, __name__]
+  regex: "gateway;.*|[^;]*;(proxy_requests_total|proxy_sent_bytes_total|proxy_received_bytes_total|proxy_upstream_errors_total|proxy_rejected_requests_total)"
+  action: keep
+{{- end }}

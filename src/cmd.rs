@@ -7,6 +7,7 @@ pub mod inject;
 pub mod iptables;
 pub mod load;
 pub mod meter;
+pub mod report;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

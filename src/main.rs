@@ -40,6 +40,9 @@ enum Command {
     Load(cmd::load::Args),
     /// Check requirements a–d against a meter or Prometheus, optionally against a ledger.
     Check(cmd::check::Args),
+    /// Usage and cost of a billing period from Prometheus, exact to the byte; --compare puts a
+    /// vendor's usage export beside it.
+    Report(cmd::report::Args),
     /// A stand-in proxy vendor (Basic auth, CONNECT, absolute-form), for demos in a cluster.
     FakeVendor(cmd::fake::VendorArgs),
     /// Stand-in websites (HTTP, and HTTPS with HTTP/1.1 and HTTP/2), for demos in a cluster.
@@ -62,6 +65,7 @@ fn main() -> ExitCode {
         Command::Demo(args) => cmd::demo::run(args),
         Command::Load(args) => cmd::load::run(args),
         Command::Check(args) => cmd::check::run(args),
+        Command::Report(args) => cmd::report::run(args),
         Command::FakeVendor(args) => cmd::fake::vendor(args),
         Command::FakeOrigin(args) => cmd::fake::origin(args),
         Command::InitIptables(args) => cmd::iptables::run(args),

@@ -224,6 +224,43 @@ fn encode_query(text: &str) -> String {
     out
 }
 
+/// `GET <base>/api/v1/<endpoint>?<params>`; the `data` of a successful answer.
+pub async fn prometheus_api(
+    base: &str,
+    endpoint: &str,
+    params: &[(&str, &str)],
+) -> Result<serde_json::Value, SourceError> {
+    let query: Vec<String> = params
+        .iter()
+        .map(|(k, v)| format!("{k}={}", encode_query(v)))
+        .collect();
+    let url = format!(
+        "{}/api/v1/{endpoint}?{}",
+        base.trim_end_matches('/'),
+        query.join("&")
+    );
+    let text = http_get(&url).await?;
+    #[derive(Deserialize)]
+    struct Answer {
+        status: String,
+        #[serde(default)]
+        error: String,
+        #[serde(default)]
+        data: serde_json::Value,
+    }
+    let answer: Answer = serde_json::from_str(&text).map_err(|e| SourceError::Prometheus {
+        url: url.clone(),
+        what: e.to_string(),
+    })?;
+    if answer.status != "success" {
+        return Err(SourceError::Prometheus {
+            url,
+            what: answer.error,
+        });
+    }
+    Ok(answer.data)
+}
+
 /// An instant query; values are rounded to integers (counters are integers).
 pub async fn prometheus_query(
     base: &str,

@@ -10,8 +10,11 @@
 //! [`secrecy::SecretString`], whose `Debug` is redacted.
 
 pub mod env;
+pub mod pricing;
 pub mod raw;
 mod validate;
+
+pub use pricing::Pricing;
 
 use secrecy::{ExposeSecret, SecretString};
 use std::collections::HashMap;
@@ -83,6 +86,7 @@ pub struct VendorConfig {
     pub max_idle_connections: usize,
     /// Where crawlers reach this vendor, for transparent mode (the `url` first).
     pub endpoints: Vec<Endpoint>,
+    pub pricing: Option<Pricing>,
 }
 
 /// An address at which crawlers reach a vendor.

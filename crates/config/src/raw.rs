@@ -129,6 +129,34 @@ pub struct RawVendor {
     /// `ip:port` or `cidr:port` (`203.0.113.0/24:8000`, `[2001:db8::/32]:8000`). The `url`
     /// is always one.
     pub endpoints: Vec<String>,
+    /// What the vendor charges (optional): docs/configuration.md, "Prices".
+    pub pricing: Option<RawPricing>,
+}
+
+/// A vendor's prices as written. Amounts are in `currency`; GB means `unit`.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawPricing {
+    /// ISO 4217 code (`USD`, `EUR`): required.
+    pub currency: Option<String>,
+    /// Price per GB billed beyond `included_gb`.
+    pub per_gb: Option<f64>,
+    /// What a GB is: `GB` (10^9 bytes, the default) or `GiB` (2^30 bytes).
+    pub unit: Option<String>,
+    /// `sent_and_received` (the default) or `received`.
+    pub billed_bytes: Option<String>,
+    /// Price per 1,000 billed requests.
+    pub per_1k_requests: Option<f64>,
+    /// `all` (the default) or `successful` (answered 2xx/3xx).
+    pub billed_requests: Option<String>,
+    /// Charged once per billing cycle.
+    pub monthly_fee: Option<f64>,
+    /// GB per cycle the monthly fee includes.
+    pub included_gb: Option<f64>,
+    /// Day of the month (1-28) a billing cycle starts, 00:00 UTC; default 1.
+    pub cycle_start_day: Option<u8>,
+    /// The spend per cycle the budget alerts compare with.
+    pub monthly_budget: Option<f64>,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]

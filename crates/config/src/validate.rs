@@ -268,6 +268,10 @@ fn vendors(
                 endpoints.push(endpoint);
             }
         }
+        let pricing = v
+            .pricing
+            .as_ref()
+            .and_then(|raw| pricing(raw, &format!("{path}.pricing"), errors));
         if let Some(upstream) = upstream {
             out.push(VendorConfig {
                 name: v.name.clone(),
@@ -275,10 +279,122 @@ fn vendors(
                 forward_client_credentials: v.forward_client_credentials,
                 max_idle_connections: v.max_idle_connections.unwrap_or(default_max_idle),
                 endpoints,
+                pricing,
             });
         }
     }
     out
+}
+
+fn pricing(raw: &RawPricing, path: &str, errors: &mut Errors) -> Option<Pricing> {
+    let before = errors.0.len();
+    let currency = match raw.currency.as_deref() {
+        Some(code) if code.len() == 3 && code.bytes().all(|b| b.is_ascii_uppercase()) => code,
+        Some(code) => {
+            errors.push(
+                format!("{path}.currency"),
+                format!("'{code}' is not an ISO 4217 code such as USD or EUR"),
+            );
+            ""
+        }
+        None => {
+            errors.push(
+                format!("{path}.currency"),
+                "required: the currency of every amount of this vendor (USD, EUR, ...)",
+            );
+            ""
+        }
+    };
+    let mut amount = |key: &str, value: Option<f64>| -> f64 {
+        match value {
+            Some(v) if v.is_finite() && v >= 0.0 => v,
+            Some(v) => {
+                errors.push(
+                    format!("{path}.{key}"),
+                    format!("{v} is not an amount (a number, 0 or more)"),
+                );
+                0.0
+            }
+            None => 0.0,
+        }
+    };
+    let per_gb = amount("per_gb", raw.per_gb);
+    let per_1k_requests = amount("per_1k_requests", raw.per_1k_requests);
+    let monthly_fee = amount("monthly_fee", raw.monthly_fee);
+    let included_gb = amount("included_gb", raw.included_gb);
+    let monthly_budget = raw
+        .monthly_budget
+        .map(|b| amount("monthly_budget", Some(b)));
+    if monthly_budget == Some(0.0) {
+        errors.push(
+            format!("{path}.monthly_budget"),
+            "must be more than 0 (leave it out for no budget)",
+        );
+    }
+    if raw.per_gb.is_none() && raw.per_1k_requests.is_none() && raw.monthly_fee.is_none() {
+        errors.push(
+            path,
+            "prices nothing: set per_gb, per_1k_requests or monthly_fee",
+        );
+    }
+    if raw.included_gb.is_some() && raw.per_gb.is_none() {
+        errors.push(
+            format!("{path}.included_gb"),
+            "included traffic needs per_gb, the price of the traffic beyond it",
+        );
+    }
+    let unit = match raw.unit.as_deref().unwrap_or("GB") {
+        "GB" => pricing::GB,
+        "GiB" => pricing::GIB,
+        other => {
+            errors.push(
+                format!("{path}.unit"),
+                format!("'{other}' is not GB (10^9 bytes) or GiB (2^30 bytes)"),
+            );
+            pricing::GB
+        }
+    };
+    let bills_sent_bytes = match raw.billed_bytes.as_deref().unwrap_or("sent_and_received") {
+        "sent_and_received" => true,
+        "received" => false,
+        other => {
+            errors.push(
+                format!("{path}.billed_bytes"),
+                format!("'{other}' is not sent_and_received or received"),
+            );
+            true
+        }
+    };
+    let successful_requests_only = match raw.billed_requests.as_deref().unwrap_or("all") {
+        "all" => false,
+        "successful" => true,
+        other => {
+            errors.push(
+                format!("{path}.billed_requests"),
+                format!("'{other}' is not all or successful"),
+            );
+            false
+        }
+    };
+    let cycle_start_day = raw.cycle_start_day.unwrap_or(1);
+    if !(1..=28).contains(&cycle_start_day) {
+        errors.push(
+            format!("{path}.cycle_start_day"),
+            "must be 1 to 28, a day every month has",
+        );
+    }
+    (errors.0.len() == before).then(|| Pricing {
+        currency: currency.to_owned(),
+        byte_price: per_gb / unit as f64,
+        bills_sent_bytes,
+        request_price: per_1k_requests / 1000.0,
+        successful_requests_only,
+        monthly_fee,
+        // Rounded to the byte: 0.1 GB is 100,000,000 bytes, not one less.
+        included_bytes: (included_gb * unit as f64).round() as u64,
+        cycle_start_day,
+        monthly_budget,
+    })
 }
 
 /// Vendor names become label values and header values: keep them plain.
@@ -981,5 +1097,86 @@ limits:
             ]),
         );
         assert!(config.is_ok(), "{}", config.unwrap_err());
+    }
+
+    fn priced(pricing: &str) -> Result<MeterConfig, ConfigErrors> {
+        let text =
+            format!("vendors:\n  - name: a\n    url: http://p.example:1\n    pricing:\n{pricing}");
+        load_str(&text, &Env::new())
+    }
+
+    #[test]
+    fn a_price_per_gb_becomes_a_price_per_byte_in_the_stated_unit() {
+        let config = priced(
+            "      currency: USD\n      per_gb: 8.5\n      unit: GiB\n      billed_bytes: received\n      \
+             per_1k_requests: 1.5\n      billed_requests: successful\n      monthly_fee: 500\n      \
+             included_gb: 0.5\n      cycle_start_day: 15\n      monthly_budget: 2000\n",
+        )
+        .unwrap();
+        let pricing = config.vendors[0].pricing.clone().expect("priced");
+        assert_eq!(pricing.currency, "USD");
+        assert_eq!(pricing.byte_price, 8.5 / 1_073_741_824.0);
+        assert!(!pricing.bills_sent_bytes);
+        assert_eq!(pricing.request_price, 0.0015);
+        assert!(pricing.successful_requests_only);
+        assert_eq!(pricing.monthly_fee, 500.0);
+        assert_eq!(pricing.included_bytes, 536_870_912);
+        assert_eq!(pricing.cycle_start_day, 15);
+        assert_eq!(pricing.monthly_budget, Some(2000.0));
+    }
+
+    #[test]
+    fn pricing_defaults_are_decimal_gb_both_directions_all_requests_cycle_on_the_first() {
+        let config =
+            priced("      currency: EUR\n      per_gb: 3\n      included_gb: 0.1\n").unwrap();
+        let pricing = config.vendors[0].pricing.clone().expect("priced");
+        assert_eq!(pricing.byte_price, 3.0 / 1e9);
+        assert!(pricing.bills_sent_bytes);
+        assert!(!pricing.successful_requests_only);
+        assert_eq!(pricing.included_bytes, 100_000_000);
+        assert_eq!(pricing.cycle_start_day, 1);
+        assert_eq!(pricing.monthly_budget, None);
+        assert!(
+            load_str(MINIMAL, &Env::new()).unwrap().vendors[0]
+                .pricing
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn every_bad_price_is_reported_with_its_key_path() {
+        let errors = priced(
+            "      currency: dollars\n      per_gb: -1\n      unit: MB\n      billed_bytes: sent\n      \
+             per_1k_requests: -0.5\n      billed_requests: some\n      cycle_start_day: 31\n      \
+             monthly_budget: 0\n",
+        )
+        .unwrap_err();
+        let paths: Vec<&str> = errors.0.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "vendors[0].pricing.currency",
+                "vendors[0].pricing.per_gb",
+                "vendors[0].pricing.per_1k_requests",
+                "vendors[0].pricing.monthly_budget",
+                "vendors[0].pricing.unit",
+                "vendors[0].pricing.billed_bytes",
+                "vendors[0].pricing.billed_requests",
+                "vendors[0].pricing.cycle_start_day",
+            ],
+            "{errors}"
+        );
+        let nothing = priced("      currency: USD\n      included_gb: 5\n").unwrap_err();
+        let messages: Vec<String> = nothing.0.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            messages,
+            [
+                "vendors[0].pricing: prices nothing: set per_gb, per_1k_requests or monthly_fee",
+                "vendors[0].pricing.included_gb: included traffic needs per_gb, the price of the traffic beyond it",
+            ]
+        );
+        let unknown =
+            priced("      currency: USD\n      per_gb: 1\n      per_tb: 2\n").unwrap_err();
+        assert!(unknown.to_string().contains("per_tb"), "{unknown}");
     }
 }

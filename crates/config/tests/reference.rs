@@ -2,7 +2,7 @@
 
 #![allow(clippy::unwrap_used)] // Tests: a failed unwrap is a failed test.
 
-use pt_config::raw::{RawConfig, RawVendor};
+use pt_config::raw::{RawConfig, RawPricing, RawVendor};
 use serde_json::Value;
 
 /// Every key path of `value`: `a.b`, lists as `a[].b`; maps of user data are leaves.
@@ -43,6 +43,18 @@ fn every_configuration_key_is_documented() {
         forward_client_credentials: false,
         max_idle_connections: Some(1),
         endpoints: vec!["p:2".into()],
+        pricing: Some(RawPricing {
+            currency: Some("USD".into()),
+            per_gb: Some(1.0),
+            unit: Some("GB".into()),
+            billed_bytes: Some("received".into()),
+            per_1k_requests: Some(1.0),
+            billed_requests: Some("all".into()),
+            monthly_fee: Some(1.0),
+            included_gb: Some(1.0),
+            cycle_start_day: Some(1),
+            monthly_budget: Some(1.0),
+        }),
     });
     config.listeners[0].vendor = Some("v".into());
     config.clients.password_env = Some("E".into());

@@ -154,6 +154,31 @@ fn raise_fd_limit() -> usize {
     current.map_or(usize::MAX, |n| usize::try_from(n).unwrap_or(usize::MAX))
 }
 
+/// The configured prices, as the facts the meter exports.
+fn vendor_prices(config: &MeterConfig) -> Vec<pt_metrics::prices::VendorPrices> {
+    config
+        .vendors
+        .iter()
+        .filter_map(|v| Some((v, v.pricing.as_ref()?)))
+        .map(|(v, p)| pt_metrics::prices::VendorPrices {
+            vendor: Name::new(&v.name),
+            currency: Name::new(&p.currency),
+            sent_byte: if p.bills_sent_bytes {
+                p.byte_price
+            } else {
+                0.0
+            },
+            received_byte: p.byte_price,
+            request: p.request_price,
+            successful_requests_only: p.successful_requests_only,
+            monthly_fee: p.monthly_fee,
+            included_bytes: p.included_bytes,
+            cycle_start_day: p.cycle_start_day,
+            monthly_budget: p.monthly_budget,
+        })
+        .collect()
+}
+
 /// Binds every listener and starts serving, resolving pods with `identity`.
 pub async fn start_with(
     config: MeterConfig,
@@ -170,6 +195,7 @@ pub async fn start_with(
             max_pods: config.metrics.max_pods,
         },
     );
+    pt_metrics::prices::register(&mut registry, &vendor_prices(&config));
     let bind = |address: SocketAddr| async move {
         TcpListener::bind(address)
             .await

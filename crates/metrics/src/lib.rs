@@ -13,6 +13,7 @@ pub mod caps;
 pub mod exposition;
 pub mod labels;
 pub mod pods;
+pub mod prices;
 pub mod registry;
 pub mod spec;
 

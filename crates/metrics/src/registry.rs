@@ -241,6 +241,21 @@ mod tests {
         let mut registry = Registry::default();
         let metrics = Metrics::new(&mut registry, &[Name::new("v")], &options(10));
         let n = Name::new;
+        crate::prices::register(
+            &mut registry,
+            &[crate::prices::VendorPrices {
+                vendor: n("v"),
+                currency: n("USD"),
+                sent_byte: 0.0,
+                received_byte: 4e-9,
+                request: 0.001,
+                successful_requests_only: true,
+                monthly_fee: 100.0,
+                included_bytes: 1_000_000_000,
+                cycle_start_day: 1,
+                monthly_budget: Some(500.0),
+            }],
+        );
         let pod = PodLabels {
             proxy_vendor: n("v"),
             source_namespace: n("ns"),

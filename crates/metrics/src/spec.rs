@@ -56,6 +56,9 @@ pub mod label {
     pub const REASON: &str = "reason";
     pub const INNER: &str = "inner";
     pub const VERSION: &str = "version";
+    pub const CURRENCY: &str = "currency";
+    pub const DIRECTION: &str = "direction";
+    pub const REQUESTS: &str = "requests";
 }
 
 use label::*;
@@ -182,6 +185,50 @@ pub const BUILD_INFO: FamilySpec = FamilySpec {
     help: "Always 1; the version of the meter that exports these series",
 };
 
+/// The prices of `vendors[].pricing`, exported as facts so that one file holds a price: recording
+/// rules multiply them with the counters, `report` reads them back.
+pub const PRICE_PER_BYTE: FamilySpec = FamilySpec {
+    name: "proxy_vendor_price_per_byte",
+    kind: Kind::Gauge,
+    labels: &[PROXY_VENDOR, CURRENCY, DIRECTION],
+    help: "Price of one billed byte beyond the included traffic, per direction of the vendor leg (0: that direction is not billed); from the configuration",
+};
+
+pub const PRICE_PER_REQUEST: FamilySpec = FamilySpec {
+    name: "proxy_vendor_price_per_request",
+    kind: Kind::Gauge,
+    labels: &[PROXY_VENDOR, CURRENCY, label::REQUESTS],
+    help: "Price of one billed request; requests=\"successful\": only 2xx/3xx answers are billed; from the configuration",
+};
+
+pub const MONTHLY_FEE: FamilySpec = FamilySpec {
+    name: "proxy_vendor_monthly_fee",
+    kind: Kind::Gauge,
+    labels: &[PROXY_VENDOR, CURRENCY],
+    help: "Fee charged once per billing cycle; from the configuration",
+};
+
+pub const INCLUDED_BYTES: FamilySpec = FamilySpec {
+    name: "proxy_vendor_included_bytes",
+    kind: Kind::Gauge,
+    labels: &[PROXY_VENDOR],
+    help: "Billed bytes per cycle the monthly fee includes; from the configuration",
+};
+
+pub const MONTHLY_BUDGET: FamilySpec = FamilySpec {
+    name: "proxy_vendor_monthly_budget",
+    kind: Kind::Gauge,
+    labels: &[PROXY_VENDOR, CURRENCY],
+    help: "The spend per billing cycle budget alerts compare with; from the configuration",
+};
+
+pub const BILLING_CYCLE_START_DAY: FamilySpec = FamilySpec {
+    name: "proxy_vendor_billing_cycle_start_day",
+    kind: Kind::Gauge,
+    labels: &[PROXY_VENDOR],
+    help: "Day of the month (UTC) the vendor's billing cycle starts; from the configuration",
+};
+
 /// Every family, in the order of the reference documentation.
 pub const ALL: &[FamilySpec] = &[
     REQUESTS,
@@ -200,4 +247,10 @@ pub const ALL: &[FamilySpec] = &[
     DESTINATION_LABEL_LIMIT,
     OPEN_CONNECTIONS,
     BUILD_INFO,
+    PRICE_PER_BYTE,
+    PRICE_PER_REQUEST,
+    MONTHLY_FEE,
+    INCLUDED_BYTES,
+    MONTHLY_BUDGET,
+    BILLING_CYCLE_START_DAY,
 ];

@@ -270,7 +270,9 @@ def main():
     parser.add_argument("--profiles", default="gateway,sidecar", help="Prometheus part: topologies")
     parser.add_argument("--live-lifetime", type=float, default=150,
                         help="Prometheus part: seconds a pod lives in the live run (hourly churn, compressed)")
-    parser.add_argument("--raw-hours", type=int, default=24, help="Prometheus part: hours of raw samples backfilled")
+    parser.add_argument("--raw-hours", type=int, default=6,
+                        help="Prometheus part: hours of raw samples backfilled (the per-pod panels show 6 h; "
+                             "a 2-hour block of the gateway's raw samples is 8 GB of OpenMetrics text)")
     parser.add_argument("--history-days", type=float, default=7, help="Prometheus part: days of recorded series backfilled")
     parser.add_argument("--scrape-interval", type=float, default=15,
                         help="Prometheus part: seconds (the chart's 15; the smoke run's shorter)")

@@ -322,8 +322,10 @@ def dir_bytes(path):
 
 
 def promtool(om, out_dir):
-    subprocess.run(["promtool", "tsdb", "create-blocks-from", "openmetrics", str(om), str(out_dir)],
-                   check=True, capture_output=True)
+    done = subprocess.run(["promtool", "tsdb", "create-blocks-from", "openmetrics", str(om), str(out_dir)],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"promtool on {om}: {done.stderr.strip()[-2000:]}")
 
 
 def write_recorded(path, recorded, intervals, start, end):

@@ -79,6 +79,8 @@ fn panel_queries() -> Vec<(String, String, String)> {
                 }
                 // Grafana's $__rate_interval is at least four scrape intervals.
                 expr = expr.replace("$__rate_interval", "10s");
+                // The dashboard's range: the whole run.
+                expr = expr.replace("$__range_s", "60").replace("$__range", "60s");
                 let file = path.file_name().unwrap().to_string_lossy().into_owned();
                 queries.push((file, panel["title"].as_str().unwrap().to_owned(), expr));
             }
@@ -122,6 +124,26 @@ fn prometheus_with_the_charts_rules_answers_every_panel_and_agrees_with_the_mete
         }
         // A vendor nobody listens for: its requests fail, so error series exist.
         let closed = free_port();
+        // Prices, set as environment overrides (as the chart's users may): every cost rule
+        // and Cost panel then has data.
+        for (name, value) in [
+            ("0__PRICING__CURRENCY", "USD"),
+            ("0__PRICING__PER_GB", "4"),
+            ("0__PRICING__PER_1K_REQUESTS", "0.5"),
+            ("0__PRICING__MONTHLY_BUDGET", "1000"),
+            ("1__PRICING__CURRENCY", "EUR"),
+            ("1__PRICING__PER_GB", "8.5"),
+            ("1__PRICING__UNIT", "GiB"),
+            ("1__PRICING__BILLED_BYTES", "received"),
+            ("1__PRICING__PER_1K_REQUESTS", "1.2"),
+            ("1__PRICING__BILLED_REQUESTS", "successful"),
+            ("1__PRICING__MONTHLY_FEE", "100"),
+            ("1__PRICING__INCLUDED_GB", "1"),
+            ("1__PRICING__CYCLE_START_DAY", "15"),
+            ("1__PRICING__MONTHLY_BUDGET", "500"),
+        ] {
+            setup = setup.env(&format!("PROXY_TELEMETRY__VENDORS__{name}"), value);
+        }
         let meter = setup
             .vendor_yaml(&format!(
                 "  - name: vendor-broken\n    url: http://127.0.0.1:{closed}\n"
@@ -241,6 +263,63 @@ fn prometheus_with_the_charts_rules_answers_every_panel_and_agrees_with_the_mete
             expected_requests.len(),
             3,
             "all three vendors carried requests: {expected_requests:?}"
+        );
+        // The meter exports its prices as they were configured.
+        let scrape = meter.scrape().await;
+        let price = |name: &str, matchers: &[(&str, &str)]| {
+            scrape
+                .select(name, matchers)
+                .map(|s| s.value())
+                .collect::<Vec<f64>>()
+        };
+        assert_eq!(
+            price(
+                "proxy_vendor_price_per_byte",
+                &[("proxy_vendor", "vendor-a"), ("direction", "sent")]
+            ),
+            [4e-9]
+        );
+        assert_eq!(
+            price(
+                "proxy_vendor_price_per_byte",
+                &[("proxy_vendor", "vendor-b"), ("direction", "sent")]
+            ),
+            [0.0]
+        );
+        assert_eq!(
+            price(
+                "proxy_vendor_price_per_byte",
+                &[("proxy_vendor", "vendor-b"), ("direction", "received")]
+            ),
+            [8.5 / 1_073_741_824.0]
+        );
+        assert_eq!(
+            price(
+                "proxy_vendor_price_per_request",
+                &[("proxy_vendor", "vendor-b"), ("requests", "successful")]
+            ),
+            [0.0012]
+        );
+        assert_eq!(
+            price(
+                "proxy_vendor_included_bytes",
+                &[("proxy_vendor", "vendor-b")]
+            ),
+            [1_073_741_824.0]
+        );
+        assert_eq!(
+            price(
+                "proxy_vendor_billing_cycle_start_day",
+                &[("proxy_vendor", "vendor-b")]
+            ),
+            [15.0]
+        );
+        assert!(
+            price(
+                "proxy_vendor_monthly_fee",
+                &[("proxy_vendor", "vendor-broken")]
+            )
+            .is_empty()
         );
         // Let the rules evaluate over the final data.
         tokio::time::sleep(Duration::from_secs(3)).await;

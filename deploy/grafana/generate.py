@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Generates the four Grafana dashboards into deploy/helm/proxy-telemetry/files/dashboards/.
+"""Generates the five Grafana dashboards into deploy/helm/proxy-telemetry/files/dashboards/.
 
     python3 deploy/grafana/generate.py          # write
     python3 deploy/grafana/generate.py --check  # fail if the checked-in JSON differs
@@ -227,11 +227,70 @@ HEALTH = render(
     ],
 )
 
+SPEND = "vendor_workload:proxy_spend:rate5m"
+SPEND_NOTE = ("Marginal spend: bytes and requests at the vendors' prices (vendors[].pricing). The monthly fee and the "
+              "traffic it includes are per billing cycle: `proxy-telemetry report` applies them, exactly.")
+
+
+def over_range(expr):
+    """The total over the dashboard's range of a recorded per-second rate."""
+    return f"{expr} * $__range_s"
+
+
+COST = render(
+    "pt-cost", "Cost",
+    "What the vendors cost: spend by vendor, workload and destination, effective price per GB, and the budget. "
+    + SPEND_NOTE,
+    [
+        panel("Spend over the range", "stat", [(over_range(
+            f"sum by (proxy_vendor, currency) (avg_over_time({SPEND}{{{WORKLOAD}}}[$__range]))"),
+            "{{proxy_vendor}} ({{currency}})")], w=8, h=5, description=SPEND_NOTE),
+        panel("Spend this month so far", "stat", [(over_range(
+            f"sum by (proxy_vendor, currency) (avg_over_time({SPEND}{{{WORKLOAD}}}[$__range]))"),
+            "{{proxy_vendor}} ({{currency}})")], w=8, h=5, time_from="now/M",
+              description="From the 1st of this month (UTC); for cycles starting on another day, and for the fee "
+                          "and included traffic, use `proxy-telemetry report`."),
+        panel("Budget used by a cycle at the last day's pace", "bargauge", [(
+            f"vendor:proxy_spend:rate1d{{{VENDOR}}} * 30 * 86400 "
+            f"/ on (proxy_vendor, currency) vendor:proxy_vendor_monthly_budget:max", "{{proxy_vendor}}")],
+              "percentunit", w=8, h=5,
+              description="Per vendor (budgets are per vendor: namespace and workload filters do not apply). Over "
+                          "100%: ProxyVendorBudgetSlowBurn fires after an hour."),
+        panel("Spend rate per vendor (per hour)", "timeseries", [(
+            f"sum by (proxy_vendor, currency) ({SPEND}{{{WORKLOAD}}}) * 3600", "{{proxy_vendor}} ({{currency}})")],
+              w=12, description=SPEND_NOTE),
+        panel("Spend rate by what is billed (per hour)", "timeseries", [(
+            f"vendor_item:proxy_spend:rate5m{{{VENDOR}}} * 3600", "{{proxy_vendor}} {{item}} ({{currency}})")],
+              w=12, description="Sent bytes, received bytes, requests: which part of the price drives the bill."),
+        panel("Spend per workload over the range", "table", [(
+            "topk(20, " + over_range(
+                f"sum by (proxy_vendor, currency, source_namespace, source_workload) "
+                f"(avg_over_time({SPEND}{{{WORKLOAD}}}[$__range]))") + ")", "")], w=12, h=9),
+        panel("Spend per destination over the range", "table", [(
+            "topk(20, " + over_range(
+                f"sum by (proxy_vendor, currency, destination) "
+                f"(avg_over_time(vendor_destination:proxy_spend:rate5m{{{DESTINATION}}}[$__range]))") + ")", "")],
+              w=12, h=9, description="Destination counters carry no pod: namespace and workload filters do not apply."),
+        panel("Effective price per GB over the range", "stat", [(
+            f"sum by (proxy_vendor, currency) (avg_over_time({SPEND}{{{WORKLOAD}}}[$__range])) "
+            f"/ on (proxy_vendor) group_left () (sum by (proxy_vendor) ("
+            f"avg_over_time({SENT}{{{WORKLOAD}}}[$__range]) + avg_over_time({RECEIVED}{{{WORKLOAD}}}[$__range])) / 1e9)",
+            "{{proxy_vendor}} ({{currency}})")], w=12, h=5,
+              description="All spend (requests too) per decimal GB crossing the meter, both directions. " + SPEND_NOTE),
+        panel("Spend rate per workload (per hour)", "timeseries", [(
+            f"topk(10, sum by (proxy_vendor, currency, source_namespace, source_workload) ({SPEND}{{{WORKLOAD}}})) * 3600",
+            "{{source_namespace}}/{{source_workload}} via {{proxy_vendor}}")], w=12),
+    ],
+    extra_variables=[("destination", "Destination",
+                      f"label_values(vendor_destination:proxy_destination_requests:rate5m{{{VENDOR}}}, destination)")],
+)
+
 DASHBOARDS = {
     "proxy-overview.json": OVERVIEW,
     "bandwidth-analytics.json": BANDWIDTH,
     "destination-tracking.json": DESTINATIONS,
     "performance-health.json": HEALTH,
+    "cost.json": COST,
 }
 
 

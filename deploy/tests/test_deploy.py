@@ -205,7 +205,7 @@ def test_kube_prometheus_stack_mode_uses_the_operator_resources():
     [rule] = kinds(docs, "PrometheusRule")
     assert rule["spec"] == yaml.safe_load(RULES.read_text())
     dashboards = [d for d in kinds(docs, "ConfigMap") if d["metadata"]["labels"].get("grafana_dashboard") == "1"]
-    assert len(dashboards) == 1 and len(dashboards[0]["data"]) == 4
+    assert len(dashboards) == 1 and len(dashboards[0]["data"]) == 5
 
 
 def test_the_bundled_grafana_never_uses_a_default_password():
@@ -277,7 +277,7 @@ DASHBOARDS = sorted((CHART / "files/dashboards").glob("*.json"))
 
 def test_dashboards_are_generated_and_checked_in():
     subprocess.run(["python3", str(ROOT / "deploy/grafana/generate.py"), "--check"], check=True)
-    assert [d.name for d in DASHBOARDS] == ["bandwidth-analytics.json", "destination-tracking.json",
+    assert [d.name for d in DASHBOARDS] == ["bandwidth-analytics.json", "cost.json", "destination-tracking.json",
                                             "performance-health.json", "proxy-overview.json"]
 
 
@@ -292,7 +292,7 @@ def substitute(expr):
     """Grafana variables replaced the way the all-values selection does."""
     for variable in ("vendor", "namespace", "workload", "pod", "destination"):
         expr = expr.replace(f'"${variable}"', '".*"')
-    return expr.replace("$__rate_interval", "1m")
+    return expr.replace("$__rate_interval", "1m").replace("$__range_s", "3600").replace("$__range", "1h")
 
 
 def test_dashboards_have_the_required_structure():
@@ -309,7 +309,7 @@ def test_dashboards_have_the_required_structure():
                 expr = target["expr"]
                 raw_rates = re.findall(r"rate\(proxy_[a-z_]+(?:\{[^}]*\})?\[([^\]]+)\]", expr)
                 assert all(window == "$__rate_interval" for window in raw_rates), (path.name, panel["title"])
-    assert len(uids) == 4
+    assert len(uids) == 5
 
 
 def test_every_panel_query_parses(tmp_path):
@@ -351,6 +351,19 @@ def test_every_rendered_meter_configuration_is_valid(rendered, tmp_path):
         path = tmp_path / f"{doc['metadata']['name']}.yaml"
         path.write_text(doc["data"]["meter.yaml"])
         check_meter_config(path)
+
+
+def test_vendor_prices_reach_every_meter_configuration():
+    docs, _ = render("demo")
+    configs = [yaml.safe_load(d["data"]["meter.yaml"]) for d in kinds(docs, "ConfigMap") if "meter.yaml" in d.get("data", {})]
+    assert configs
+    for config in configs:
+        prices = {v["name"]: v.get("pricing") for v in config["vendors"]}
+        assert prices["vendor-b"] == {"currency": "USD", "per_gb": 3, "unit": "GiB", "billed_bytes": "received",
+                                      "monthly_fee": 50, "included_gb": 0.01, "monthly_budget": 100}
+        assert prices["vendor-c"] == {"currency": "USD", "per_1k_requests": 1.5}
+    with pytest.raises(Exception, match="pricing"):
+        render("demo", {"vendors": [{"name": "a", "url": "http://a:1", "pricing": {"currency": "usd", "per_gb": 1}}]})
 
 
 def test_the_image_builds_as_non_root_from_a_multi_stage_dockerfile():

@@ -221,12 +221,15 @@ impl Fleet {
     }
 
     fn pod_name(&self, pod: &Pod) -> String {
-        // As a Deployment names its pods: workload, replica-set hash, a random suffix.
+        // As a Deployment names its pods: workload, replica-set hash, a random suffix. The
+        // suffix has 40 bits, not Kubernetes' 5 characters (27^5): with thousands of pods an
+        // hour, a shorter one repeats within a workload, and two pods with one name are one
+        // series in a meter but two rows (a duplicate sample) in this model.
         format!(
-            "{}-{:08x}-{:05x}",
+            "{}-{:08x}-{:010x}",
             self.workload_name(pod.slot),
             mix(self.workload_of(pod.slot) as u64) as u32,
-            pod.hash & 0xfffff
+            pod.hash & 0xff_ffff_ffff
         )
     }
 

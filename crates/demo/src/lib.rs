@@ -221,9 +221,20 @@ pub async fn run(options: DemoOptions, stop: CancellationToken) -> Result<bool, 
         &outcome.ledger,
         DestinationKey::RegistrableDomain,
     ));
+    verdict.checks.push(reconcile::spend(
+        &scrape,
+        &world.vendors,
+        &world.prices,
+        &outcome.ledger,
+    ));
     verdict.pass = verdict.checks.iter().all(|c| c.pass);
     println!("\n== requirements a–d from {metrics_url}, and reconciliation ==");
     print!("{}", pt_check::render::text(&verdict));
+    println!("\n== spend (example prices: docs/demo.md) ==");
+    print!(
+        "{}",
+        reconcile::top_spenders(&scrape, &world.prices, options.top)
+    );
     let mut pass = verdict.pass;
 
     if let Some(prometheus) = &prometheus {

@@ -42,6 +42,22 @@ pub const TARGETS: [&str; 9] = [
 /// Vendor names, with the fleet's default weights.
 pub const VENDORS: [(&str, u32); 3] = [("vendor-a", 40), ("vendor-b", 35), ("vendor-c", 25)];
 
+/// Example prices of the three fakes (docs/demo.md), in the shapes vendors sell: residential
+/// traffic per decimal GB both ways with a budget; an ISP plan with a monthly fee, a little
+/// traffic included (a demo moves megabytes) and GiB overage on received bytes; an unlocker
+/// priced per 1,000 requests.
+pub const PRICES: [(&str, &str); 3] = [
+    (
+        "vendor-a",
+        "currency: USD\n      per_gb: 8.4\n      monthly_budget: 500",
+    ),
+    (
+        "vendor-b",
+        "currency: USD\n      per_gb: 3\n      unit: GiB\n      billed_bytes: received\n      monthly_fee: 50\n      included_gb: 0.01\n      monthly_budget: 100",
+    ),
+    ("vendor-c", "currency: USD\n      per_1k_requests: 1.5"),
+];
+
 /// The username the meter uses toward the fake vendors.
 const METER_USERNAME: &str = "meter-demo";
 
@@ -52,6 +68,8 @@ pub struct World {
     pub meter: RunningMeter,
     pub access_log: Arc<MemoryAccessLog>,
     pub config_path: std::path::PathBuf,
+    /// Each vendor's prices, from the configuration.
+    pub prices: Vec<(String, Option<pt_config::Pricing>)>,
 }
 
 impl std::fmt::Debug for World {
@@ -102,6 +120,9 @@ pub async fn start(options: &DemoOptions, out: &Path) -> Result<World, DemoError
             "  - name: {name}\n    url: http://{}\n    username: {METER_USERNAME}\n    password_env: {var}\n",
             vendor.address
         ));
+        if let Some((_, pricing)) = PRICES.iter().find(|(vendor, _)| *vendor == name) {
+            yaml.push_str(&format!("    pricing:\n      {pricing}\n"));
+        }
         env_file.push_str(&format!("{var}={password}\n"));
         env.insert(var, password);
         vendors.push((name.to_owned(), vendor));
@@ -118,6 +139,11 @@ pub async fn start(options: &DemoOptions, out: &Path) -> Result<World, DemoError
     std::fs::write(&env_path, env_file).map_err(|e| DemoError::Write(env_path.clone(), e))?;
     let config = pt_config::load_str(&yaml, &env).map_err(|e| DemoError::Config(e.to_string()))?;
     let access_log = Arc::new(MemoryAccessLog::default());
+    let prices = config
+        .vendors
+        .iter()
+        .map(|v| (v.name.clone(), v.pricing.clone()))
+        .collect();
     let meter = match pt_meter::start(config.clone(), access_log.clone()).await {
         Ok(meter) => meter,
         // The well-known admin port is taken (another demo, a real meter): use any free port.
@@ -136,6 +162,7 @@ pub async fn start(options: &DemoOptions, out: &Path) -> Result<World, DemoError
         meter,
         access_log,
         config_path,
+        prices,
     })
 }
 

@@ -82,6 +82,7 @@ default 30 s grace must cover the final scrape. */ -}}
 {{- $v := dict "name" .name "kind" (default "http_proxy" .kind) -}}
 {{- with .url }}{{ $_ := set $v "url" . }}{{ end -}}
 {{- with .endpoints }}{{ $_ := set $v "endpoints" . }}{{ end -}}
+{{- with .pricing }}{{ $_ := set $v "pricing" . }}{{ end -}}
 {{- if and .username (not $injected) -}}
 {{- $_ := set $v "username" .username -}}
 {{- $_ := set $v "password_env" (include "proxy-telemetry.passwordEnv" .) -}}

@@ -366,6 +366,53 @@ def test_vendor_prices_reach_every_meter_configuration():
         render("demo", {"vendors": [{"name": "a", "url": "http://a:1", "pricing": {"currency": "usd", "per_gb": 1}}]})
 
 
+def test_without_a_gateway_prometheus_records_the_prices_from_the_values(tmp_path):
+    vendors = [
+        {"name": "vendor-a", "url": "http://a:1", "pricing": {"currency": "USD", "per_gb": 4, "monthly_budget": 1000}},
+        {"name": "vendor-b", "url": "http://b:1", "pricing": {
+            "currency": "EUR", "per_gb": 8.5, "unit": "GiB", "billed_bytes": "received", "per_1k_requests": 1.2,
+            "billed_requests": "successful", "monthly_fee": 100, "included_gb": 0.01, "cycle_start_day": 15}},
+        {"name": "vendor-c", "url": "http://c:1"},
+    ]
+    docs, _ = render("sidecar-only", {"vendors": vendors})
+    [config] = [d for d in kinds(docs, "ConfigMap") if d["metadata"]["name"].endswith("-prometheus")]
+    (tmp_path / "prices.yaml").write_text(config["data"]["proxy-telemetry.prices.yaml"])
+    promtool("check", "rules", str(tmp_path / "prices.yaml"))
+    # The chart's cost rules read them exactly as they read the meters' own price series.
+    (tmp_path / "test.yaml").write_text(yaml.safe_dump({
+        "rule_files": [str(tmp_path / "prices.yaml"), str(RULES)],
+        "evaluation_interval": "1m",
+        "tests": [{"interval": "1m", "input_series": [], "promql_expr_test": [
+            {"expr": "vendor_direction:proxy_vendor_price_per_byte:max", "eval_time": "2m", "exp_samples": [
+                {"labels": 'vendor_direction:proxy_vendor_price_per_byte:max{proxy_vendor="vendor-a",currency="USD",direction="sent"}', "value": 4e-09},
+                {"labels": 'vendor_direction:proxy_vendor_price_per_byte:max{proxy_vendor="vendor-a",currency="USD",direction="received"}', "value": 4e-09},
+                {"labels": 'vendor_direction:proxy_vendor_price_per_byte:max{proxy_vendor="vendor-b",currency="EUR",direction="sent"}', "value": 0},
+                {"labels": 'vendor_direction:proxy_vendor_price_per_byte:max{proxy_vendor="vendor-b",currency="EUR",direction="received"}', "value": 8.5 / 2**30},
+            ]},
+            {"expr": "vendor_requests:proxy_vendor_price_per_request:max", "eval_time": "2m", "exp_samples": [
+                {"labels": 'vendor_requests:proxy_vendor_price_per_request:max{proxy_vendor="vendor-a",currency="USD",requests="all"}', "value": 0},
+                {"labels": 'vendor_requests:proxy_vendor_price_per_request:max{proxy_vendor="vendor-b",currency="EUR",requests="successful"}', "value": 0.0012},
+            ]},
+            {"expr": "vendor:proxy_budget:rate30d", "eval_time": "2m", "exp_samples": [
+                {"labels": 'vendor:proxy_budget:rate30d{proxy_vendor="vendor-a",currency="USD"}', "value": 1000 / 2592000},
+            ]},
+            {"expr": "proxy_vendor_included_bytes", "eval_time": "2m", "exp_samples": [
+                {"labels": 'proxy_vendor_included_bytes{proxy_vendor="vendor-a"}', "value": 0},
+                {"labels": 'proxy_vendor_included_bytes{proxy_vendor="vendor-b"}', "value": 10737418},
+            ]},
+            {"expr": "proxy_vendor_billing_cycle_start_day", "eval_time": "2m", "exp_samples": [
+                {"labels": 'proxy_vendor_billing_cycle_start_day{proxy_vendor="vendor-a"}', "value": 1},
+                {"labels": 'proxy_vendor_billing_cycle_start_day{proxy_vendor="vendor-b"}', "value": 15},
+            ]},
+        ]}],
+    }))
+    assert "SUCCESS" in promtool("test", "rules", str(tmp_path / "test.yaml"))
+    # With a gateway, its meters export the prices: no second source.
+    docs, _ = render("default", {"vendors": vendors})
+    [config] = [d for d in kinds(docs, "ConfigMap") if d["metadata"]["name"].endswith("-prometheus")]
+    assert "proxy-telemetry.prices.yaml" not in config["data"]
+
+
 def test_the_image_builds_as_non_root_from_a_multi_stage_dockerfile():
     text = (ROOT / "Dockerfile").read_text()
     stages = re.findall(r"^FROM\s+(\S+)", text, re.M)

@@ -227,3 +227,56 @@ own field names (source_labels), else the operator's (sourceLabels).
   regex: "gateway;.*|[^;]*;(proxy_requests_total|proxy_sent_bytes_total|proxy_received_bytes_total|proxy_upstream_errors_total|proxy_rejected_requests_total)"
   action: keep
 {{- end }}
+
+{{/*
+Whether Prometheus gets the vendors' prices from the chart's values rather than from the meters:
+with no gateway and lean sidecar series, the sidecars' price series are dropped at scrape time
+(18 series per pod for three priced vendors), so the same prices, from the same values that
+configure the meters, are recorded once by a rule group instead.
+*/}}
+{{- define "proxy-telemetry.pricesFromValues" -}}
+{{- $priced := false -}}
+{{- range .Values.vendors }}{{ if .pricing }}{{ $priced = true }}{{ end }}{{ end -}}
+{{- if and $priced (not .Values.gateway.enabled) (eq .Values.prometheus.sidecarSeries "lean") -}}true{{- end -}}
+{{- end -}}
+
+{{/*
+The price families as recording rules, from vendors[].pricing (docs/configuration.md: the meter
+converts them the same way: per GB / unit, per 1,000 requests / 1,000).
+*/}}
+{{- define "proxy-telemetry.priceRules" -}}
+groups:
+  - name: proxy-telemetry.prices
+    rules:
+    {{- range .Values.vendors }}
+    {{- if .pricing }}
+    {{- $p := .pricing }}
+    {{- $unit := ternary "1073741824" "1000000000" (eq ($p.unit | default "GB") "GiB") }}
+    {{- $perByte := printf "%v / %s" ($p.per_gb | default 0) $unit }}
+    {{- $labels := printf "proxy_vendor: %s, currency: %s" (.name | quote) ($p.currency | quote) }}
+      - record: proxy_vendor_price_per_byte
+        labels: {{ printf "{%s, direction: sent}" $labels }}
+        expr: vector({{ ternary "0" $perByte (eq ($p.billed_bytes | default "sent_and_received") "received") }})
+      - record: proxy_vendor_price_per_byte
+        labels: {{ printf "{%s, direction: received}" $labels }}
+        expr: vector({{ $perByte }})
+      - record: proxy_vendor_price_per_request
+        labels: {{ printf "{%s, requests: %s}" $labels ($p.billed_requests | default "all" | quote) }}
+        expr: vector({{ $p.per_1k_requests | default 0 }} / 1000)
+      - record: proxy_vendor_monthly_fee
+        labels: {{ printf "{%s}" $labels }}
+        expr: vector({{ $p.monthly_fee | default 0 }})
+      - record: proxy_vendor_included_bytes
+        labels: {{ printf "{proxy_vendor: %s}" (.name | quote) }}
+        expr: round(vector({{ $p.included_gb | default 0 }} * {{ $unit }}))
+      - record: proxy_vendor_billing_cycle_start_day
+        labels: {{ printf "{proxy_vendor: %s}" (.name | quote) }}
+        expr: vector({{ $p.cycle_start_day | default 1 }})
+      {{- with $p.monthly_budget }}
+      - record: proxy_vendor_monthly_budget
+        labels: {{ printf "{%s}" $labels }}
+        expr: vector({{ . }})
+      {{- end }}
+    {{- end }}
+    {{- end }}
+{{- end -}}

@@ -413,6 +413,20 @@ def test_without_a_gateway_prometheus_records_the_prices_from_the_values(tmp_pat
     assert "proxy-telemetry.prices.yaml" not in config["data"]
 
 
+def test_every_alert_says_how_bad_what_and_what_to_do():
+    runbooks = (ROOT / "docs/runbooks.md").read_text()
+    anchors = {re.sub(r"[^a-z0-9]", "", line[3:].lower()) for line in runbooks.splitlines() if line.startswith("## ")}
+    alerts = [r for g in yaml.safe_load(RULES.read_text())["groups"] for r in g["rules"] if "alert" in r]
+    assert len(alerts) >= 9
+    for alert in alerts:
+        assert alert.get("for"), alert["alert"]
+        assert alert["labels"]["severity"] in ("critical", "warning", "info"), alert["alert"]
+        assert alert["annotations"]["summary"] and alert["annotations"]["description"], alert["alert"]
+        url = alert["annotations"]["runbook_url"]
+        assert url.endswith("docs/runbooks.md#" + alert["alert"].lower()), url
+        assert alert["alert"].lower() in anchors, f"docs/runbooks.md has no section for {alert['alert']}"
+
+
 def test_the_image_builds_as_non_root_from_a_multi_stage_dockerfile():
     text = (ROOT / "Dockerfile").read_text()
     stages = re.findall(r"^FROM\s+(\S+)", text, re.M)

@@ -239,7 +239,12 @@ pub async fn run(options: &Options) -> Result<Report, ReportError> {
     }
     let mut tasks = tokio::task::JoinSet::new();
     for (index, (_, _, family)) in scans.iter().enumerate() {
-        let prometheus = prometheus.clone();
+        // One progress line: the first family's (they advance together).
+        let prometheus = if index == 0 {
+            prometheus.clone()
+        } else {
+            prometheus.without_progress()
+        };
         let family = family.clone();
         tasks.spawn(async move { (index, prometheus.scan(&family).await) });
     }

@@ -81,6 +81,13 @@ impl Prometheus {
         }
     }
 
+    pub fn without_progress(&self) -> Prometheus {
+        Prometheus {
+            progress: None,
+            ..self.clone()
+        }
+    }
+
     fn selector(&self, series: &str) -> String {
         format!("{series}{{{}}}", self.selector)
     }

@@ -413,6 +413,15 @@ def test_without_a_gateway_prometheus_records_the_prices_from_the_values(tmp_pat
     assert "proxy-telemetry.prices.yaml" not in config["data"]
 
 
+def test_a_full_volume_deletes_old_blocks_instead_of_stopping_prometheus():
+    def args(extra=None):
+        docs, _ = render("default", extra)
+        [deployment] = [d for d in kinds(docs, "Deployment") if d["metadata"]["name"].endswith("-prometheus")]
+        return pod_spec(deployment)["containers"][0]["args"]
+    assert "--storage.tsdb.retention.size=45GB" in args()
+    assert not [a for a in args({"prometheus": {"bundled": {"retentionSize": ""}}}) if "retention.size" in a]
+
+
 def test_every_alert_says_how_bad_what_and_what_to_do():
     runbooks = (ROOT / "docs/runbooks.md").read_text()
     anchors = {re.sub(r"[^a-z0-9]", "", line[3:].lower()) for line in runbooks.splitlines() if line.startswith("## ")}

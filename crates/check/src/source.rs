@@ -192,15 +192,6 @@ pub async fn http_get(url: &str) -> Result<String, SourceError> {
 }
 
 #[derive(Deserialize)]
-struct PromAnswer {
-    status: String,
-    #[serde(default)]
-    error: String,
-    #[serde(default)]
-    data: Option<PromData>,
-}
-
-#[derive(Deserialize)]
 struct PromData {
     result: Vec<PromSample>,
 }
@@ -267,29 +258,17 @@ pub async fn prometheus_query(
     query: &str,
     time: Option<&str>,
 ) -> Result<Vec<Row>, SourceError> {
-    let mut url = format!(
-        "{}/api/v1/query?query={}",
-        base.trim_end_matches('/'),
-        encode_query(query)
-    );
+    let mut params = vec![("query", query)];
     if let Some(time) = time {
-        url.push_str(&format!("&time={}", encode_query(time)));
+        params.push(("time", time));
     }
-    let text = http_get(&url).await?;
-    let answer: PromAnswer = serde_json::from_str(&text).map_err(|e| SourceError::Prometheus {
-        url: url.clone(),
+    let data = prometheus_api(base, "query", &params).await?;
+    let data: PromData = serde_json::from_value(data).map_err(|e| SourceError::Prometheus {
+        url: format!("{base} ({query})"),
         what: e.to_string(),
     })?;
-    if answer.status != "success" {
-        return Err(SourceError::Prometheus {
-            url,
-            what: answer.error,
-        });
-    }
-    Ok(answer
-        .data
-        .map(|d| d.result)
-        .unwrap_or_default()
+    Ok(data
+        .result
         .into_iter()
         .map(|s| Row {
             labels: s.metric,

@@ -422,6 +422,18 @@ def test_a_full_volume_deletes_old_blocks_instead_of_stopping_prometheus():
     assert not [a for a in args({"prometheus": {"bundled": {"retentionSize": ""}}}) if "retention.size" in a]
 
 
+def test_dedicated_ports_of_long_vendor_names_get_distinct_port_names():
+    vendors = [{"name": "vendor-alpha-1", "url": "http://a:1"}, {"name": "vendor-alpha-2", "url": "http://b:1"}]
+    docs, _ = render("default", {"vendors": vendors,
+                                 "meter": {"dedicatedPorts": {"vendor-alpha-1": 8001, "vendor-alpha-2": 8002}}})
+    [service] = [d for d in kinds(docs, "Service") if d["metadata"]["name"].endswith("-gateway")]
+    [deployment] = [d for d in kinds(docs, "Deployment") if d["metadata"]["name"].endswith("-gateway")]
+    for ports in (service["spec"]["ports"], pod_spec(deployment)["containers"][0]["ports"]):
+        names = [p["name"] for p in ports]
+        assert len(set(names)) == len(names) == 4, names
+        assert all(re.fullmatch(r"[a-z0-9]([a-z0-9-]{0,13}[a-z0-9])?", n) for n in names), names
+
+
 def test_every_alert_says_how_bad_what_and_what_to_do():
     runbooks = (ROOT / "docs/runbooks.md").read_text()
     anchors = {re.sub(r"[^a-z0-9]", "", line[3:].lower()) for line in runbooks.splitlines() if line.startswith("## ")}

@@ -434,6 +434,15 @@ def test_dedicated_ports_of_long_vendor_names_get_distinct_port_names():
         assert all(re.fullmatch(r"[a-z0-9]([a-z0-9-]{0,13}[a-z0-9])?", n) for n in names), names
 
 
+def test_a_single_gateway_replica_gets_no_budget_that_blocks_node_drains():
+    def budgets(gateway):
+        docs, _ = render("default", {"gateway": gateway})
+        return kinds(docs, "PodDisruptionBudget")
+    assert budgets({"replicas": 2})[0]["spec"]["minAvailable"] == 1
+    assert budgets({"replicas": 1}) == []
+    assert budgets({"replicas": 1, "hpa": {"enabled": True, "minReplicas": 3}})
+
+
 def test_every_alert_says_how_bad_what_and_what_to_do():
     runbooks = (ROOT / "docs/runbooks.md").read_text()
     anchors = {re.sub(r"[^a-z0-9]", "", line[3:].lower()) for line in runbooks.splitlines() if line.startswith("## ")}

@@ -443,6 +443,13 @@ def test_a_single_gateway_replica_gets_no_budget_that_blocks_node_drains():
     assert budgets({"replicas": 1, "hpa": {"enabled": True, "minReplicas": 3}})
 
 
+def test_the_notes_keep_their_paragraphs_with_and_without_the_injector():
+    for profile in ("default", "injector"):
+        _, notes = render(profile)
+        assert re.search(r"sidecar-config\.\n\n(Sidecar injection|Vendor passwords)", notes), notes
+        assert "\n\nVendor passwords are read" in notes, notes
+
+
 def test_every_alert_says_how_bad_what_and_what_to_do():
     runbooks = (ROOT / "docs/runbooks.md").read_text()
     anchors = {re.sub(r"[^a-z0-9]", "", line[3:].lower()) for line in runbooks.splitlines() if line.startswith("## ")}

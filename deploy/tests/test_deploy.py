@@ -330,6 +330,12 @@ def test_the_kustomize_component_adds_a_valid_sidecar(tmp_path):
     spec = pod_spec(deployment)
     [meter] = spec["initContainers"]
     assert meter["restartPolicy"] == "Always"
+    # What Pod Security "restricted" requires of the container it adds (a crawler namespace may
+    # enforce it).
+    context = meter["securityContext"]
+    assert context["runAsNonRoot"] and context["allowPrivilegeEscalation"] is False
+    assert context["capabilities"]["drop"] == ["ALL"]
+    assert context["seccompProfile"]["type"] == "RuntimeDefault"
     [config_map] = kinds(docs, "ConfigMap")
     assert spec["volumes"][0]["configMap"]["name"] == config_map["metadata"]["name"]
     (tmp_path / "meter.yaml").write_text(config_map["data"]["meter.yaml"])

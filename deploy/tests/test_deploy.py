@@ -456,6 +456,15 @@ def test_the_notes_keep_their_paragraphs_with_and_without_the_injector():
         assert "\n\nVendor passwords are read" in notes, notes
 
 
+def test_the_metrics_history_survives_an_uninstall_by_default():
+    def claim(extra=None):
+        docs, _ = render("default", extra)
+        [pvc] = kinds(docs, "PersistentVolumeClaim")
+        return pvc["metadata"].get("annotations", {})
+    assert claim()["helm.sh/resource-policy"] == "keep"
+    assert "helm.sh/resource-policy" not in claim({"prometheus": {"bundled": {"persistence": {"keepOnUninstall": False}}}})
+
+
 def test_every_alert_says_how_bad_what_and_what_to_do():
     runbooks = (ROOT / "docs/runbooks.md").read_text()
     anchors = {re.sub(r"[^a-z0-9]", "", line[3:].lower()) for line in runbooks.splitlines() if line.startswith("## ")}

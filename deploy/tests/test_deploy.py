@@ -465,6 +465,16 @@ def test_the_metrics_history_survives_an_uninstall_by_default():
     assert "helm.sh/resource-policy" not in claim({"prometheus": {"bundled": {"persistence": {"keepOnUninstall": False}}}})
 
 
+def test_a_changed_scrape_configuration_restarts_the_bundled_prometheus():
+    def checksum(extra=None):
+        docs, _ = render("default", extra)
+        [deployment] = [d for d in kinds(docs, "Deployment") if d["metadata"]["name"].endswith("-prometheus")]
+        return deployment["spec"]["template"]["metadata"]["annotations"]["checksum/config"]
+    assert checksum() == checksum()
+    assert checksum() != checksum({"prometheus": {"bundled": {"scrapeInterval": "30s"}}})
+    assert checksum() != checksum({"prometheus": {"sidecarSeries": "full"}})
+
+
 def test_every_alert_says_how_bad_what_and_what_to_do():
     runbooks = (ROOT / "docs/runbooks.md").read_text()
     anchors = {re.sub(r"[^a-z0-9]", "", line[3:].lower()) for line in runbooks.splitlines() if line.startswith("## ")}

@@ -372,11 +372,12 @@ def grafana_step(range_seconds):
     return next((s for s in ROUND_STEPS if s >= wanted), ROUND_STEPS[-1])
 
 
-def substitute(expr, step):
-    """The query Grafana sends with every variable at "All" (the dashboards' default)."""
+def substitute(expr, step, span):
+    """The query Grafana sends with every variable at "All" (the dashboards' default), over a
+    range of `span` seconds."""
     rate_interval = max(step + SCRAPE_INTERVAL, 4 * SCRAPE_INTERVAL)
     expr = expr.replace("$__rate_interval", f"{rate_interval}s").replace("$__interval", f"{step}s")
-    expr = expr.replace("$__range", f"{step}s")
+    expr = expr.replace("$__range_s", f"{int(span)}").replace("$__range", f"{int(span)}s")
     return re.sub(r"\$\{?(\w+)\}?", ".*", expr)
 
 
@@ -420,18 +421,19 @@ def dashboard_queries(prom, end):
                 continue
         for label, range_seconds in (("1h", HOUR), ("24h", DAY), ("7d", 7 * DAY)):
             span = range_seconds
-            if p.get("time_from"):
+            # A calendar override ("now/M": this month so far) is measured over the whole range.
+            if p.get("time_from") and not p["time_from"].startswith("now"):
                 span = min(span, parse_duration(p["time_from"]))
             start = end - span
             step = grafana_step(span)
             if p.get("variable"):
-                selector, label_name = substitute(match.group(1), step), match.group(2)
+                selector, label_name = substitute(match.group(1), step, span), match.group(2)
                 call = lambda: prom.api(f"label/{label_name}/values", **{"match[]": selector, "start": start, "end": end})
             elif p.get("instant"):
-                query = substitute(p["expr"], step)
+                query = substitute(p["expr"], step, span)
                 call = lambda: prom.api("query", query=query, time=end)
             else:
-                query = substitute(p["expr"], step)
+                query = substitute(p["expr"], step, span)
                 call = lambda: prom.api("query_range", query=query, start=start, end=end, step=step)
             row[label] = round(timed(call) * 1000, 1)
         results.append(row)

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The project's tests, one command (README). Installs what they need when it is missing:
-# Debian packages (curl, tmux, prometheus/promtool, kubectl, iproute2, iptables) when run as root or with sudo,
+# Debian packages (curl, tmux, prometheus/promtool, kubectl, iproute2, iptables, tinyproxy) when run as root or with sudo,
 # and the Python packages of the deployment tests into target/venv.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,6 +14,8 @@ command -v kubectl >/dev/null || packages+=(kubectl)
 command -v ip >/dev/null || packages+=(iproute2)
 command -v iptables-restore >/dev/null || packages+=(iptables)
 command -v setpriv >/dev/null || packages+=(util-linux)
+# A real vendor for tests/real_vendors.rs.
+command -v tinyproxy >/dev/null || packages+=(tinyproxy)
 if ((${#packages[@]})); then
   sudo=""; [ "$(id -u)" -ne 0 ] && sudo="sudo"
   echo "installing ${packages[*]} (Debian packages)"

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The project's tests, one command (README). Installs what they need when it is missing:
-# Debian packages (curl, tmux, prometheus/promtool, kubectl, iproute2, iptables, tinyproxy) when run as root or with sudo,
+# Debian packages (curl, tmux, prometheus/promtool, prometheus-alertmanager, kubectl, iproute2, iptables, tinyproxy) when run as root or with sudo,
 # and the Python packages of the deployment tests into target/venv.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -9,6 +9,7 @@ packages=()
 command -v curl >/dev/null || packages+=(curl)
 command -v tmux >/dev/null || packages+=(tmux)
 command -v promtool >/dev/null || packages+=(prometheus)
+command -v prometheus-alertmanager >/dev/null || packages+=(prometheus-alertmanager)
 command -v kubectl >/dev/null || packages+=(kubectl)
 # The transparent-capture tests build network namespaces and install iptables rules (as root).
 command -v ip >/dev/null || packages+=(iproute2)

@@ -280,3 +280,67 @@ groups:
     {{- end }}
     {{- end }}
 {{- end -}}
+
+{{/*
+The bundled Alertmanager's configuration: one route, one receiver made of whatever notifiers
+alertmanager.bundled.receivers sets (none: the alerts are only shown in Alertmanager's UI).
+Secrets (Slack URL, PagerDuty key, SMTP password) are read from files mounted from Secrets, never
+written in the ConfigMap.
+*/}}
+{{- define "proxy-telemetry.alertmanagerConfig" -}}
+{{- $a := .Values.alertmanager.bundled -}}
+{{- $r := $a.receivers -}}
+route:
+  receiver: proxy-telemetry
+  group_by: [alertname, proxy_vendor]
+  group_wait: {{ $a.groupWait }}
+  group_interval: {{ $a.groupInterval }}
+  repeat_interval: {{ $a.repeatInterval }}
+receivers:
+  - name: proxy-telemetry
+    {{- with $r.webhook.url }}
+    webhook_configs:
+      - url: {{ . | quote }}
+        send_resolved: true
+    {{- end }}
+    {{- if $r.slack.secret.name }}
+    slack_configs:
+      - api_url_file: /etc/alertmanager-secrets/slack/{{ $r.slack.secret.key }}
+        channel: {{ $r.slack.channel | quote }}
+        send_resolved: true
+        title: '{{ "{{" }} .CommonAnnotations.summary {{ "}}" }}'
+        text: '{{ "{{" }} range .Alerts {{ "}}" }}{{ "{{" }} .Annotations.description {{ "}}" }} {{ "{{" }} .Annotations.runbook_url {{ "}}" }}{{ "{{" }} "\n" {{ "}}" }}{{ "{{" }} end {{ "}}" }}'
+    {{- end }}
+    {{- if $r.pagerduty.secret.name }}
+    pagerduty_configs:
+      - routing_key_file: /etc/alertmanager-secrets/pagerduty/{{ $r.pagerduty.secret.key }}
+        send_resolved: true
+    {{- end }}
+    {{- if $r.email.to }}
+    email_configs:
+      - to: {{ $r.email.to | quote }}
+        from: {{ $r.email.from | quote }}
+        smarthost: {{ $r.email.smarthost | quote }}
+        {{- with $r.email.username }}
+        auth_username: {{ . | quote }}
+        {{- end }}
+        {{- if $r.email.secret.name }}
+        auth_password_file: /etc/alertmanager-secrets/email/{{ $r.email.secret.key }}
+        {{- end }}
+        send_resolved: true
+    {{- end }}
+{{- end -}}
+
+{{/*
+Where Prometheus sends alerts: the bundled Alertmanager and any external ones.
+*/}}
+{{- define "proxy-telemetry.alertmanagerTargets" -}}
+{{- $targets := list -}}
+{{- if and .Values.alertmanager.bundled.enabled .Values.prometheus.bundled.enabled -}}
+{{- $targets = append $targets (printf "%s:9093" (include "proxy-telemetry.componentName" (dict "root" . "component" "alertmanager"))) -}}
+{{- end -}}
+{{- range .Values.alertmanager.external -}}
+{{- $targets = append $targets . -}}
+{{- end -}}
+{{- if $targets }}{{ toJson $targets }}{{ end -}}
+{{- end -}}

@@ -8,6 +8,12 @@ prometheus.yml: |
   global:
     scrape_interval: {{ $p.scrapeInterval }}
     evaluation_interval: {{ $p.scrapeInterval }}
+  {{- with include "proxy-telemetry.alertmanagerTargets" . }}
+  alerting:
+    alertmanagers:
+      - static_configs:
+          - targets: {{ . }}
+  {{- end }}
   {{- if .Values.prometheus.rules.enabled }}
   rule_files:
     - /etc/prometheus/rules/*.yaml

@@ -14,7 +14,7 @@ use bytes::BytesMut;
 use pt_config::VendorIndex;
 use pt_metrics::labels::RejectReason;
 use pt_sniff::h2::{PREFACE, may_be_preface};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -93,10 +93,25 @@ pub async fn accept_loop(
 const REFUSED_FORBIDDEN: &[u8] = b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\nConnection: close\r\nX-Proxy-Telemetry-Error: source_not_allowed\r\n\r\n";
 const REFUSED_OVERLOADED: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\nX-Proxy-Telemetry-Error: overloaded\r\n\r\n";
 
+/// Most of a refused client's bytes read and discarded before its connection is closed.
+const REFUSAL_DRAIN_BYTES: usize = 64 * 1024;
+
+/// Answers and closes a refused connection. Closing a socket with unread bytes in its receive
+/// queue sends a reset, which can destroy the answer before the client reads it: so the
+/// client's bytes are read and discarded (a lingering close, as HAProxy and nginx do) until it
+/// closes too, [`REFUSAL_DRAIN_BYTES`] have come, or [`REFUSAL_WRITE_TIMEOUT`] has passed.
 async fn refuse_connection(mut stream: TcpStream, answer: &'static [u8]) {
     let _ = tokio::time::timeout(REFUSAL_WRITE_TIMEOUT, async {
         let _ = stream.write_all(answer).await;
         let _ = stream.shutdown().await;
+        let mut discard = [0u8; 1024];
+        let mut drained = 0;
+        while drained < REFUSAL_DRAIN_BYTES {
+            match stream.read(&mut discard).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => drained += n,
+            }
+        }
     })
     .await;
 }

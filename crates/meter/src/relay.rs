@@ -1,12 +1,13 @@
 //! The one relay for everything tunnel-like: CONNECT tunnels over HTTP/1.1 and HTTP/2, captured
 //! SOCKS5 and CONNECT tunnels, and captured connections relayed as bytes.
 //!
-//! Two directions run side by side in the caller's task, each read → write → repeat with a
-//! buffer that follows the traffic. Thousands of crawler tunnels sit mostly idle between
-//! requests while a few carry large downloads: a fixed 64 KiB pair of buffers per tunnel would
-//! cost 128 MiB at 1,000 tunnels, a fixed small buffer many syscalls per megabyte. So each
-//! direction starts with [`INITIAL_BUFFER`], doubles whenever a read fills it (more data is
-//! waiting), up to [`MAX_BUFFER`], and halves again when reads use an eighth of it or less.
+//! Two directions run side by side in the caller's task, each read → write → repeat.
+//! Thousands of crawler tunnels sit mostly idle between requests while a few carry large
+//! downloads: buffers of their own, even small ones that grow with the traffic, cost a shared
+//! meter tens of megabytes at 5,000 pods (bench/results/scale.md). So a direction owns no
+//! buffer: it reads into its worker thread's [`READ_SIZE`] buffer and writes straight from it
+//! within the same poll, and keeps bytes of its own only when the other side cannot take them
+//! all (a slow peer), and only until it does. An idle tunnel holds no user-space buffer.
 //!
 //! A clean end of stream is a half-close: the other side gets a FIN and its direction carries
 //! on. A failed read or write ends the relay, blamed on the socket that failed. The relay also
@@ -20,6 +21,8 @@
 
 use std::future::Future;
 use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -30,10 +33,24 @@ use tokio::time::Instant;
 use crate::activity::Activity;
 use crate::exchange::Side;
 
-/// Enough for a ClientHello, a small request or a small response in one read.
-pub const INITIAL_BUFFER: usize = 1024;
-/// Sixteen TLS records: keeps a loopback or LAN link busy with few syscalls.
-pub const MAX_BUFFER: usize = 256 * 1024;
+/// The most one read brings: sixteen TLS records keep a loopback or LAN link busy with few
+/// syscalls. One such buffer per worker thread, not per tunnel.
+pub const READ_SIZE: usize = 256 * 1024;
+
+thread_local! {
+    /// The worker thread's read buffer, lent to one direction for the time of one poll.
+    static SCRATCH: std::cell::RefCell<Box<[u8]>> =
+        std::cell::RefCell::new(vec![0u8; READ_SIZE].into_boxed_slice());
+}
+
+/// Runs `f` on the thread's read buffer; should a read or write ever re-enter a relay on this
+/// thread while it is lent, the inner one gets a buffer of its own rather than a panic.
+fn with_scratch<T>(f: impl FnOnce(&mut [u8]) -> T) -> T {
+    SCRATCH.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut buf) => f(&mut buf),
+        Err(_) => f(&mut vec![0u8; READ_SIZE]),
+    })
+}
 
 /// Looks at the client's first bytes before they are forwarded.
 pub trait Sniffer {
@@ -226,87 +243,116 @@ where
     R: AsyncRead + Unpin + ?Sized,
     W: AsyncWrite + Unpin + ?Sized,
 {
-    let mut buf = Buffer::default();
+    // Bytes read but not yet taken by the writer: empty (no allocation) unless the writer is
+    // slower than the reader.
+    let mut held = Held::default();
     loop {
-        let n = buf
-            .read_from(reader)
-            .await
-            .map_err(|e| (CopySide::Reader, e))?;
-        activity.touch();
-        if n == 0 {
+        let more = std::future::poll_fn(|cx| {
+            step(
+                cx,
+                &mut *reader,
+                &mut *writer,
+                &mut held,
+                records.as_deref_mut(),
+                total,
+                activity,
+            )
+        })
+        .await?;
+        if !more {
             // The peer may already be gone; a failed half-close changes nothing.
             let _ = writer.shutdown().await;
             return Ok(());
         }
-        if let Some(records) = records.as_deref_mut() {
-            records.feed(buf.filled(n));
-        }
-        writer
-            .write_all(buf.filled(n))
-            .await
-            .map_err(|e| (CopySide::Writer, e))?;
-        activity.touch();
-        *total += n as u64;
-        buf.adapt(n);
     }
 }
 
-/// How long a direction keeps its buffer with nothing to read: a pause inside a transfer
-/// keeps it, an idle keep-alive tunnel lets it go.
-const RELEASE_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
-
-/// A direction's buffer: [`INITIAL_BUFFER`] bytes to start, doubling while reads fill it up to
-/// [`MAX_BUFFER`], halving when they use an eighth of it or less, and back to the initial size
-/// when nothing has come for [`RELEASE_AFTER`]: an idle tunnel holds two small buffers.
+/// Bytes a direction read and could not write yet, and how many of them it has written.
 #[derive(Default)]
-struct Buffer {
+struct Held {
     bytes: Vec<u8>,
+    written: usize,
 }
 
-impl Buffer {
-    fn filled(&self, n: usize) -> &[u8] {
-        &self.bytes[..n]
-    }
-
-    /// Reads into the buffer, shrinking it while the reader stays quiet.
-    async fn read_from<R: AsyncRead + Unpin + ?Sized>(
-        &mut self,
-        reader: &mut R,
-    ) -> io::Result<usize> {
-        let mut release = std::pin::pin!(tokio::time::sleep(RELEASE_AFTER));
-        std::future::poll_fn(|cx| {
-            if self.bytes.is_empty() {
-                // A read needs room to wait on: an empty buffer would read as end of stream.
-                self.bytes.resize(INITIAL_BUFFER, 0);
-            }
-            let mut read = ReadBuf::new(&mut self.bytes);
-            match std::pin::Pin::new(&mut *reader).poll_read(cx, &mut read) {
-                std::task::Poll::Ready(result) => {
-                    std::task::Poll::Ready(result.map(|()| read.filled().len()))
-                }
-                std::task::Poll::Pending => {
-                    if self.bytes.len() > INITIAL_BUFFER && release.as_mut().poll(cx).is_ready() {
-                        // Quiet for a while: keep only the initial size. The reader's waker is
-                        // registered; the next poll reads into the smaller buffer.
-                        self.bytes = vec![0u8; INITIAL_BUFFER];
-                    }
-                    std::task::Poll::Pending
-                }
-            }
-        })
-        .await
-    }
-
-    /// Sizes the buffer after a read of `n` bytes.
-    fn adapt(&mut self, n: usize) {
-        let len = self.bytes.len();
-        if n == len && len < MAX_BUFFER {
-            self.bytes.resize(len * 2, 0);
-        } else if n <= len / 8 && len > INITIAL_BUFFER {
-            self.bytes.truncate(len / 2);
-            self.bytes.shrink_to_fit();
+/// Writes from `bytes` until all is taken or the writer is not ready; returns how many it took.
+fn poll_write_some<W: AsyncWrite + Unpin + ?Sized>(
+    cx: &mut Context<'_>,
+    writer: &mut W,
+    bytes: &[u8],
+) -> (usize, Option<io::Result<()>>) {
+    let mut done = 0;
+    while done < bytes.len() {
+        match Pin::new(&mut *writer).poll_write(cx, &bytes[done..]) {
+            Poll::Ready(Ok(0)) => return (done, Some(Err(io::ErrorKind::WriteZero.into()))),
+            Poll::Ready(Ok(n)) => done += n,
+            Poll::Ready(Err(e)) => return (done, Some(Err(e))),
+            Poll::Pending => return (done, None),
         }
     }
+    (done, Some(Ok(())))
+}
+
+/// One step of a direction: first what it holds, then one read from the thread's buffer
+/// written straight on. Ready(true) after a read, Ready(false) at the reader's end of stream.
+fn step<R, W>(
+    cx: &mut Context<'_>,
+    reader: &mut R,
+    writer: &mut W,
+    held: &mut Held,
+    records: Option<&mut Records>,
+    total: &mut u64,
+    activity: &Activity,
+) -> Poll<Result<bool, (CopySide, io::Error)>>
+where
+    R: AsyncRead + Unpin + ?Sized,
+    W: AsyncWrite + Unpin + ?Sized,
+{
+    if !held.bytes.is_empty() {
+        let (n, result) = poll_write_some(cx, writer, &held.bytes[held.written..]);
+        held.written += n;
+        *total += n as u64;
+        if n > 0 {
+            activity.touch();
+        }
+        match result {
+            None => return Poll::Pending,
+            Some(Err(e)) => return Poll::Ready(Err((CopySide::Writer, e))),
+            // All taken: the memory goes back.
+            Some(Ok(())) => *held = Held::default(),
+        }
+    }
+    with_scratch(|buf| {
+        let mut read = ReadBuf::new(buf);
+        match Pin::new(&mut *reader).poll_read(cx, &mut read) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Err(e)) => Poll::Ready(Err((CopySide::Reader, e))),
+            Poll::Ready(Ok(())) => {
+                let filled = read.filled();
+                if filled.is_empty() {
+                    return Poll::Ready(Ok(false));
+                }
+                activity.touch();
+                if let Some(records) = records {
+                    records.feed(filled);
+                }
+                let (n, result) = poll_write_some(cx, writer, filled);
+                *total += n as u64;
+                if n > 0 {
+                    activity.touch();
+                }
+                match result {
+                    Some(Err(e)) => Poll::Ready(Err((CopySide::Writer, e))),
+                    Some(Ok(())) => Poll::Ready(Ok(true)),
+                    None => {
+                        // The writer is full: keep the rest until it drains (its waker is set).
+                        held.bytes = filled[n..].to_vec();
+                        held.written = 0;
+                        Poll::Ready(Ok(true))
+                    }
+                }
+            }
+        }
+    })
 }
 
 /// Reads the client's first bytes, after `pending` ones, until the sniffer has seen enough or

@@ -8,10 +8,10 @@ Dashboards are described here compactly (panels as title, type, queries) and ren
 same conventions everywhere: a stable uid, a `datasource` variable, `vendor`, `namespace`,
 `workload` and `pod` variables, `$__rate_interval` in every rate over raw counters.
 
-Built for fleets whose pods churn (bench/results/scale.md): every panel over days reads the
+Built for fleets whose pods churn (bench/results/scale.md): every panel over a range reads the
 recording rules of files/prometheus-rules.yaml (per vendor, per workload, per destination), whose
-series survive pod churn; the panels that read per-pod raw series show the last six hours
-whatever the dashboard's range (a day of hourly churn is 24 generations of pods), and the pod
+series survive pod churn; the panels that read per-pod raw series are tables of the busiest pods
+now (a series per pod over hours is what made them take seconds at 5,000 pods), and the pod
 variable is a pattern typed in, not a list of every pod that ever ran.
 """
 
@@ -24,11 +24,9 @@ OUT = Path(__file__).resolve().parent.parent / "helm/proxy-telemetry/files/dashb
 VENDOR = 'proxy_vendor=~"$vendor"'
 WORKLOAD = 'proxy_vendor=~"$vendor",source_namespace=~"$namespace",source_workload=~"$workload"'
 POD = f'{WORKLOAD},source_pod=~"$pod"'
-# Per-pod panels: the last six hours, whatever the dashboard's range.
-POD_WINDOW = "6h"
-POD_NOTE = ("Per-pod detail over the last 6 hours, whatever the dashboard's range: pods churn, and a day holds "
-            "dozens of generations of them. Per workload for longer; the meter's access log for any pod over any "
-            "period.")
+POD_NOTE = ("Per-pod detail now: the busiest pods over the last few minutes. Pods churn, and a series per pod over "
+            "hours is what makes a dashboard slow at thousands of pods (bench/results/scale.md). Per workload over any "
+            "range; the meter's access log for any pod over any period.")
 
 
 def variables(extra=()):
@@ -57,14 +55,18 @@ def variables(extra=()):
     ]
 
 
-def panel(title, kind, queries, unit="short", w=12, h=8, description="", legend=None, options=None, time_from=None):
+def panel(title, kind, queries, unit="short", w=12, h=8, description="", legend=None, options=None, time_from=None,
+          instant=False):
+    """`instant`: one value per series at the range's end (tables always; stat panels that compute
+    over `$__range` themselves, which as a range query would redo the whole range at every step)."""
     return {"title": title, "type": kind, "queries": queries, "unit": unit, "w": w, "h": h,
-            "description": description, "legend": legend, "options": options or {}, "time_from": time_from}
+            "description": description, "legend": legend, "options": options or {}, "time_from": time_from,
+            "instant": instant or kind == "table"}
 
 
-def pod_panel(title, kind, queries, unit="short", w=12, h=8, description=""):
-    return panel(title, kind, queries, unit, w, h, " ".join(filter(None, [description, POD_NOTE])),
-                 time_from=POD_WINDOW)
+def pod_panel(title, queries, unit="short", w=12, h=8, description=""):
+    """A table of the 20 busiest pods now (see POD_NOTE)."""
+    return panel(title, "table", queries, unit, w, h, " ".join(filter(None, [description, POD_NOTE])))
 
 
 def render(uid, title, description, panels, extra_variables=()):
@@ -75,8 +77,8 @@ def render(uid, title, description, panels, extra_variables=()):
         targets = []
         for j, (expr, legend) in enumerate(p["queries"]):
             target = {"datasource": {"type": "prometheus", "uid": "${datasource}"}, "expr": expr,
-                      "legendFormat": legend, "refId": chr(ord("A") + j), "range": p["type"] != "table",
-                      "instant": p["type"] == "table"}
+                      "legendFormat": legend, "refId": chr(ord("A") + j), "range": not p["instant"],
+                      "instant": p["instant"]}
             if p["type"] == "table":
                 target["format"] = "table"
             targets.append(target)
@@ -153,12 +155,12 @@ BANDWIDTH = render(
               description="Deployments, StatefulSets, Jobs: their series outlive pod churn (5-minute rates)."),
         panel("Sent per workload", "timeseries", [(
             f"topk(10, {SENT}{{{WORKLOAD}}})", "{{source_namespace}}/{{source_workload}} via {{proxy_vendor}}")], "Bps"),
-        pod_panel("Top pods by bytes received", "timeseries", [(
-            f"topk(10, {rate('proxy_received_bytes_total', by='proxy_vendor, source_namespace, source_pod')})",
-            "{{source_namespace}}/{{source_pod}} via {{proxy_vendor}}")], "Bps"),
-        pod_panel("Top pods by bytes sent", "timeseries", [(
-            f"topk(10, {rate('proxy_sent_bytes_total', by='proxy_vendor, source_namespace, source_pod')})",
-            "{{source_namespace}}/{{source_pod}} via {{proxy_vendor}}")], "Bps"),
+        pod_panel("Top pods by bytes received, now", [(
+            f"topk(20, {rate('proxy_received_bytes_total', by='proxy_vendor, source_namespace, source_pod')})",
+            "")], "Bps"),
+        pod_panel("Top pods by bytes sent, now", [(
+            f"topk(20, {rate('proxy_sent_bytes_total', by='proxy_vendor, source_namespace, source_pod')})",
+            "")], "Bps"),
         panel("Transfer in the last 24 h per vendor", "bargauge", [
             (f"vendor:proxy_sent_bytes:increase24h{{{VENDOR}}}", "{{proxy_vendor}} sent"),
             (f"vendor:proxy_received_bytes:increase24h{{{VENDOR}}}", "{{proxy_vendor}} received")], "bytes",
@@ -194,8 +196,8 @@ DESTINATIONS = render(
         panel("Bytes sent per destination", "timeseries", [(
             f"topk(10, vendor_destination:proxy_destination_sent_bytes:rate5m{{{DESTINATION}}})",
             "{{destination}} via {{proxy_vendor}}")], "Bps"),
-        pod_panel("Requests of the selected pods", "timeseries", [(rate("proxy_requests_total", by="proxy_vendor, source_pod"),
-                                                                   "{{source_pod}} via {{proxy_vendor}}")], "reqps",
+        pod_panel("Requests of the selected pods, now", [(
+            f"topk(20, {rate('proxy_requests_total', by='proxy_vendor, source_namespace, source_pod')})", "")], "reqps",
                   description="Per-pod families carry no destination; the access log has pod × destination."),
     ],
     extra_variables=[("destination", "Destination",
@@ -244,16 +246,16 @@ COST = render(
     [
         panel("Spend over the range", "stat", [(over_range(
             f"sum by (proxy_vendor, currency) (avg_over_time({SPEND}{{{WORKLOAD}}}[$__range]))"),
-            "{{proxy_vendor}} ({{currency}})")], w=8, h=5, description=SPEND_NOTE),
+            "{{proxy_vendor}} ({{currency}})")], w=8, h=5, description=SPEND_NOTE, instant=True),
         panel("Spend this month so far", "stat", [(over_range(
             f"sum by (proxy_vendor, currency) (avg_over_time({SPEND}{{{WORKLOAD}}}[$__range]))"),
-            "{{proxy_vendor}} ({{currency}})")], w=8, h=5, time_from="now/M",
+            "{{proxy_vendor}} ({{currency}})")], w=8, h=5, time_from="now/M", instant=True,
               description="From the 1st of this month (UTC); for cycles starting on another day, and for the fee "
                           "and included traffic, use `proxy-telemetry report`."),
         panel("Budget used by a cycle at the last day's pace", "bargauge", [(
             f"vendor:proxy_spend:rate1d{{{VENDOR}}} * 30 * 86400 "
             f"/ on (proxy_vendor, currency) vendor:proxy_vendor_monthly_budget:max", "{{proxy_vendor}}")],
-              "percentunit", w=8, h=5,
+              "percentunit", w=8, h=5, instant=True,
               description="Per vendor (budgets are per vendor: namespace and workload filters do not apply). Over "
                           "100%: ProxyVendorBudgetSlowBurn fires after an hour."),
         panel("Spend rate per vendor (per hour)", "timeseries", [(
@@ -275,7 +277,7 @@ COST = render(
             f"sum by (proxy_vendor, currency) (avg_over_time({SPEND}{{{WORKLOAD}}}[$__range])) "
             f"/ on (proxy_vendor) group_left () (sum by (proxy_vendor) ("
             f"avg_over_time({SENT}{{{WORKLOAD}}}[$__range]) + avg_over_time({RECEIVED}{{{WORKLOAD}}}[$__range])) / 1e9)",
-            "{{proxy_vendor}} ({{currency}})")], w=12, h=5,
+            "{{proxy_vendor}} ({{currency}})")], w=12, h=5, instant=True,
               description="All spend (requests too) per decimal GB crossing the meter, both directions. " + SPEND_NOTE),
         panel("Spend rate per workload (per hour)", "timeseries", [(
             f"topk(10, sum by (proxy_vendor, currency, source_namespace, source_workload) ({SPEND}{{{WORKLOAD}}})) * 3600",

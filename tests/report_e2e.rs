@@ -50,6 +50,14 @@ const DESTINATIONS: [&str; 3] = ["shop.example", "news.example", "maps.example"]
 struct Rng(u64);
 
 impl Rng {
+    /// A random amount below `scale` for each step from `first` to `last`.
+    fn increments(&mut self, first: i64, last: i64, scale: u64) -> Vec<(i64, u64)> {
+        (first..=last)
+            .step_by(STEP as usize)
+            .map(|t| (t, self.below(scale)))
+            .collect()
+    }
+
     fn below(&mut self, n: u64) -> u64 {
         self.0 = self
             .0
@@ -145,17 +153,15 @@ fn world() -> World {
                 60,
             ),
         ] {
-            let mut increments = Vec::new();
-            let mut t = (born / STEP + 1) * STEP;
-            while t <= (born + lifetime).min(END) {
-                increments.push((t, rng.below(scale)));
-                t += STEP;
-            }
             counters.push(Counter {
                 name,
                 labels: format!("{pod_labels}{extra}"),
                 meter,
-                increments,
+                increments: rng.increments(
+                    (born / STEP + 1) * STEP,
+                    (born + lifetime).min(END),
+                    scale,
+                ),
             });
             owners.push(Some((vendor, namespace, workload, extra.contains("2xx"))));
         }
@@ -168,17 +174,11 @@ fn world() -> World {
                     ("proxy_destination_received_bytes_total", 20_000_000_000),
                     ("proxy_destination_requests_total", 50_000),
                 ] {
-                    let mut increments = Vec::new();
-                    let mut t = START + STEP;
-                    while t <= END {
-                        increments.push((t, rng.below(scale)));
-                        t += STEP;
-                    }
                     counters.push(Counter {
                         name,
                         labels: format!("proxy_vendor=\"{vendor}\",destination=\"{destination}\""),
                         meter,
-                        increments,
+                        increments: rng.increments(START + STEP, END, scale),
                     });
                     owners.push(None);
                 }

@@ -475,6 +475,16 @@ def test_a_changed_scrape_configuration_restarts_the_bundled_prometheus():
     assert checksum() != checksum({"prometheus": {"sidecarSeries": "full"}})
 
 
+def test_a_drain_leaves_one_injector_serving():
+    docs, _ = render("injector")
+    [budget] = [d for d in kinds(docs, "PodDisruptionBudget") if d["metadata"]["name"].endswith("-injector")]
+    assert budget["spec"]["minAvailable"] == 1
+    [deployment] = [d for d in kinds(docs, "Deployment") if d["metadata"]["name"].endswith("-injector")]
+    assert budget["spec"]["selector"]["matchLabels"].items() <= deployment["spec"]["template"]["metadata"]["labels"].items()
+    docs, _ = render("injector", {"injector": {**values("injector")["injector"], "replicas": 1}})
+    assert not [d for d in kinds(docs, "PodDisruptionBudget") if d["metadata"]["name"].endswith("-injector")]
+
+
 def test_every_alert_says_how_bad_what_and_what_to_do():
     runbooks = (ROOT / "docs/runbooks.md").read_text()
     anchors = {re.sub(r"[^a-z0-9]", "", line[3:].lower()) for line in runbooks.splitlines() if line.startswith("## ")}

@@ -26,6 +26,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+from run import wait_port  # bench/run.py: the benchmark's own, same loopback wait
+
 ROOT = Path(__file__).resolve().parent.parent
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -37,14 +39,6 @@ def free_port():
         return s.getsockname()[1]
 
 
-def wait_port(port, timeout=30):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on {port}")
 
 
 class Proc:

@@ -139,6 +139,16 @@ class Prometheus:
         result = self.api("query", query=expr)["result"]
         return float(result[0]["value"][1]) if result else 0.0
 
+    def head_series(self):
+        """The head's series now, from Prometheus' own /metrics: a query would read the last
+        self-scrape, up to a scrape interval old, which at the smoke run's pace is hundreds of
+        series off at each end of the measurement."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=30) as response:
+            for line in response.read().decode().splitlines():
+                if line.startswith("prometheus_tsdb_head_series "):
+                    return int(float(line.split()[1]))
+        raise RuntimeError("Prometheus exports no prometheus_tsdb_head_series")
+
     def stop(self):
         self.proc.stop()
 
@@ -178,9 +188,11 @@ def live(profile, args, work, pt_bench):
         print(f"  {profile}: live for {duration:.0f} s (pods replaced every {lifetime:.0f} s)", flush=True)
         while time.time() - started < duration:
             time.sleep(interval)
+            at = time.time() - started
             sample = {
-                "t": round(time.time() - started),
-                "head_series": int(prom.value("prometheus_tsdb_head_series")),
+                "t": round(at),
+                "at": round(at, 3),
+                "head_series": prom.head_series(),
                 "rss_mib": round(prom.proc.rss_mib(), 1),
                 "targets": int(prom.value('sum(prometheus_target_scrape_pool_targets{scrape_job="proxy-telemetry"})')),
                 "scraped_series": int(prom.value('sum(scrape_samples_post_metric_relabeling{job="proxy-telemetry"})')),
@@ -207,13 +219,16 @@ def live(profile, args, work, pt_bench):
             prom.stop()
         fleet.stop()
     shutil.rmtree(data, ignore_errors=True)
-    # The head's growth while pods are replaced at a steady pace: series per new pod.
-    steady = [x for x in timeline if x["t"] >= lifetime]
+    # The head's growth while pods are replaced at a steady pace: series per new pod, as the
+    # least-squares slope over every sample after the first generation (two end points alone
+    # carry each one's jitter whole into the result).
+    steady = [(x["at"], x["head_series"]) for x in timeline if x["at"] >= lifetime]
     per_pod = None
-    if len(steady) >= 2:
-        grown = steady[-1]["head_series"] - steady[0]["head_series"]
-        replaced = (steady[-1]["t"] - steady[0]["t"]) * args.pods / lifetime
-        per_pod = round(grown / replaced, 2)
+    if len(steady) >= 3:
+        mean_t = sum(t for t, _ in steady) / len(steady)
+        mean_h = sum(h for _, h in steady) / len(steady)
+        slope = sum((t - mean_t) * (h - mean_h) for t, h in steady) / sum((t - mean_t) ** 2 for t, _ in steady)
+        per_pod = round(slope * lifetime / args.pods, 2)
     return {
         "pods": args.pods, "lifetime_seconds": lifetime, "timeline": timeline, "per_pod_generation": per_pod,
         "per_pod_generation_budget": PER_POD_GENERATION[profile],

@@ -276,13 +276,16 @@ impl Fleet {
         }
     }
 
-    /// Whether `target` is scraped at `t` (a sidecar only while its pod lives).
+    /// Whether `target` is scraped at `t`: a sidecar while its pod lives and for the final
+    /// scrape delay after (every generation since the one alive a delay ago, which is more
+    /// than the one before the current when the delay exceeds a pod's lifetime).
     pub fn alive(&self, target: Target, t: f64) -> bool {
         match target {
             Target::Sidecar { slot, generation } => {
                 slot < self.pods
-                    && (self.generation_at(slot, t) == generation
-                        || self.generation_at(slot, t - self.final_scrape_delay) == generation)
+                    && (self.generation_at(slot, t - self.final_scrape_delay)
+                        ..=self.generation_at(slot, t))
+                        .contains(&generation)
             }
             Target::Gateway { replica } => replica < self.replicas.max(1),
         }
@@ -986,5 +989,32 @@ mod tests {
             "{}",
             pods_seen.len()
         );
+    }
+
+    #[test]
+    fn a_sidecar_is_scraped_for_the_final_delay_after_its_pod_died_even_past_a_lifetime() {
+        // The smoke run's compressed time: pods live 12 s, the final scrape delay is 15 s.
+        let f = fleet(&[
+            "--profile",
+            "sidecar",
+            "--pods",
+            "1",
+            "--lifetime",
+            "12",
+            "--series-ttl",
+            "2",
+            "--final-scrape-delay",
+            "15",
+        ]);
+        let born = f.epoch + f.offset(0) + 24.0;
+        let third = Target::Sidecar {
+            slot: 0,
+            generation: 3,
+        };
+        assert!(!f.alive(third, born - 0.5));
+        for after_death in [0.5, 3.0, 14.5] {
+            assert!(f.alive(third, born + 12.0 + after_death), "{after_death}");
+        }
+        assert!(!f.alive(third, born + 12.0 + 15.5));
     }
 }

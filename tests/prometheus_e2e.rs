@@ -74,7 +74,14 @@ fn panel_queries() -> Vec<(String, String, String)> {
         for panel in dashboard["panels"].as_array().unwrap() {
             for target in panel["targets"].as_array().unwrap() {
                 let mut expr = target["expr"].as_str().unwrap().to_owned();
-                for variable in ["vendor", "namespace", "workload", "pod", "destination"] {
+                for variable in [
+                    "cluster",
+                    "vendor",
+                    "namespace",
+                    "workload",
+                    "pod",
+                    "destination",
+                ] {
                     expr = expr.replace(&format!("\"${variable}\""), "\".*\"");
                 }
                 // Grafana's $__rate_interval is at least four scrape intervals.

@@ -5,7 +5,7 @@
     python3 deploy/grafana/generate.py --check  # fail if the checked-in JSON differs
 
 Dashboards are described here compactly (panels as title, type, queries) and rendered with the
-same conventions everywhere: a stable uid, a `datasource` variable, `vendor`, `namespace`,
+same conventions everywhere: a stable uid, a `datasource` variable, `cluster`, `vendor`, `namespace`,
 `workload` and `pod` variables, `$__rate_interval` in every rate over raw counters.
 
 Built for fleets whose pods churn (bench/results/scale.md): every panel over a range reads the
@@ -21,8 +21,12 @@ from pathlib import Path
 
 OUT = Path(__file__).resolve().parent.parent / "helm/proxy-telemetry/files/dashboards"
 
-VENDOR = 'proxy_vendor=~"$vendor"'
-WORKLOAD = 'proxy_vendor=~"$vendor",source_namespace=~"$namespace",source_workload=~"$workload"'
+# `cluster` is the label a Prometheus' external_labels add on the way to a shared store
+# (values: prometheus.bundled.externalLabels); in a single Prometheus no series has it and the
+# variable's All (`.*`) matches its absence.
+CLUSTER = 'cluster=~"$cluster"'
+VENDOR = f'{CLUSTER},proxy_vendor=~"$vendor"'
+WORKLOAD = f'{VENDOR},source_namespace=~"$namespace",source_workload=~"$workload"'
 POD = f'{WORKLOAD},source_pod=~"$pod"'
 POD_NOTE = ("Per-pod detail now: the busiest pods over the last few minutes. Pods churn, and a series per pod over "
             "hours is what makes a dashboard slow at thousands of pods (bench/results/scale.md). Per workload over any "
@@ -42,7 +46,8 @@ def variables(extra=()):
     return [
         {"name": "datasource", "label": "Data source", "type": "datasource", "query": "prometheus",
          "current": {}, "hide": 0, "refresh": 1},
-        query("vendor", "Vendor", "label_values(vendor:proxy_requests:rate5m, proxy_vendor)"),
+        query("cluster", "Cluster", "label_values(vendor:proxy_requests:rate5m, cluster)"),
+        query("vendor", "Vendor", f"label_values(vendor:proxy_requests:rate5m{{{CLUSTER}}}, proxy_vendor)"),
         query("namespace", "Namespace",
               f"label_values(vendor_workload_status_class:proxy_requests:rate5m{{{VENDOR}}}, source_namespace)"),
         query("workload", "Workload",
@@ -174,7 +179,7 @@ BANDWIDTH = render(
     ],
 )
 
-DESTINATION = 'proxy_vendor=~"$vendor",destination=~"$destination"'
+DESTINATION = f'{VENDOR},destination=~"$destination"'
 DESTINATIONS = render(
     "pt-destinations", "Destination Tracking",
     "Where crawlers go through each vendor: requests and bytes per destination (requirement b).",

@@ -290,7 +290,7 @@ def panel_expressions():
 
 def substitute(expr):
     """Grafana variables replaced the way the all-values selection does."""
-    for variable in ("vendor", "namespace", "workload", "pod", "destination"):
+    for variable in ("cluster", "vendor", "namespace", "workload", "pod", "destination"):
         expr = expr.replace(f'"${variable}"', '".*"')
     return expr.replace("$__rate_interval", "1m").replace("$__range_s", "3600").replace("$__range", "1h")
 
@@ -301,13 +301,16 @@ def test_dashboards_have_the_required_structure():
         dashboard = json.loads(path.read_text())
         uids.add(dashboard["uid"])
         variables = {v["name"]: v for v in dashboard["templating"]["list"]}
-        assert {"datasource", "vendor", "namespace", "pod"} <= variables.keys(), path.name
+        assert {"datasource", "cluster", "vendor", "namespace", "pod"} <= variables.keys(), path.name
         assert variables["datasource"]["type"] == "datasource"
         for panel in dashboard["panels"]:
             assert panel["datasource"]["uid"] == "${datasource}"
             for target in panel["targets"]:
                 expr = target["expr"]
                 raw_rates = re.findall(r"rate\(proxy_[a-z_]+(?:\{[^}]*\})?\[([^\]]+)\]", expr)
+                # Many clusters' Prometheus write to one store: every vendor selection is per cluster.
+                for matchers in re.findall(r"\{([^}]*proxy_vendor=~[^}]*)\}", expr):
+                    assert 'cluster=~"$cluster"' in matchers, (path.name, panel["title"], expr)
                 assert all(window == "$__rate_interval" for window in raw_rates), (path.name, panel["title"])
     assert len(uids) == 5
 

@@ -8,6 +8,44 @@ prometheus.yml: |
   global:
     scrape_interval: {{ $p.scrapeInterval }}
     evaluation_interval: {{ $p.scrapeInterval }}
+    {{- with $p.externalLabels }}
+    external_labels:
+      {{- range $label, $value := . }}
+      {{ $label }}: {{ $value | quote }}
+      {{- end }}
+    {{- end }}
+  {{- with $p.remoteWrite }}
+  remote_write:
+    {{- range $i, $rw := . }}
+    - url: {{ $rw.url | quote }}
+      name: {{ $rw.name | default (printf "remote-write-%d" $i) | quote }}
+      {{- with $rw.basicAuth }}
+      basic_auth:
+        username: {{ .username | quote }}
+        password_file: {{ include "proxy-telemetry.remoteWriteSecretFile" .secret }}
+      {{- end }}
+      {{- with $rw.bearerToken }}
+      authorization:
+        credentials_file: {{ include "proxy-telemetry.remoteWriteSecretFile" .secret }}
+      {{- end }}
+      {{- with $rw.headers }}
+      headers:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
+      {{- with $rw.tlsConfig }}
+      tls_config:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
+      {{- with $rw.queueConfig }}
+      queue_config:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
+      {{- with $rw.writeRelabelConfigs }}
+      write_relabel_configs:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
+    {{- end }}
+  {{- end }}
   {{- with include "proxy-telemetry.alertmanagerTargets" . }}
   alerting:
     alertmanagers:
@@ -55,4 +93,20 @@ proxy-telemetry.prices.yaml: |
   {{- include "proxy-telemetry.priceRules" . | nindent 2 }}
 {{- end }}
 {{- end }}
+{{- end -}}
+
+
+{{/* Where the bundled Prometheus reads a remote_write Secret's key (one volume per Secret). */}}
+{{- define "proxy-telemetry.remoteWriteSecretFile" -}}
+{{ printf "/etc/prometheus/secrets/%s/%s" .name .key }}
+{{- end -}}
+
+{{/* The Secrets the remote_write entries read, each once, sorted. */}}
+{{- define "proxy-telemetry.remoteWriteSecrets" -}}
+{{- $names := dict -}}
+{{- range .Values.prometheus.bundled.remoteWrite -}}
+{{- with .basicAuth }}{{ $_ := set $names .secret.name true }}{{ end -}}
+{{- with .bearerToken }}{{ $_ := set $names .secret.name true }}{{ end -}}
+{{- end -}}
+{{- keys $names | sortAlpha | join " " -}}
 {{- end -}}

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The project's tests, one command (README). Installs what they need when it is missing:
-# Debian packages (curl, tmux, prometheus/promtool, prometheus-alertmanager, kubectl, iproute2, iptables, tinyproxy) when run as root or with sudo,
+# Debian packages (curl, tmux, prometheus/promtool, prometheus-alertmanager, victoria-metrics, kubectl, iproute2, iptables, tinyproxy, podman, buildah) when run as root or with sudo,
 # and the Python packages of the deployment tests into target/venv.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,6 +17,11 @@ command -v iptables-restore >/dev/null || packages+=(iptables)
 command -v setpriv >/dev/null || packages+=(util-linux)
 # A real vendor for tests/real_vendors.rs.
 command -v tinyproxy >/dev/null || packages+=(tinyproxy)
+# A remote_write store for deploy/tests/test_remote_write.py.
+command -v victoria-metrics >/dev/null || packages+=(victoria-metrics)
+# deploy/tests/test_images.py builds the images without a Docker engine (scripts/build-images.sh).
+command -v podman >/dev/null || packages+=(podman)
+command -v buildah >/dev/null || packages+=(buildah)
 if ((${#packages[@]})); then
   sudo=""; [ "$(id -u)" -ne 0 ] && sudo="sudo"
   echo "installing ${packages[*]} (Debian packages)"

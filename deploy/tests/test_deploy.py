@@ -478,6 +478,44 @@ def test_a_changed_scrape_configuration_restarts_the_bundled_prometheus():
     assert checksum() != checksum({"prometheus": {"sidecarSeries": "full"}})
 
 
+def annotations(docs, suffix):
+    [deployment] = [d for d in kinds(docs, "Deployment") if d["metadata"]["name"].endswith(suffix)]
+    return deployment["spec"]["template"]["metadata"].get("annotations", {})
+
+
+def test_rotated_vendor_passwords_restart_the_meters():
+    def checksum(passwords):
+        docs, _ = render("demo", {"credentials": {**values("demo")["credentials"], "demoPasswords": passwords}})
+        return annotations(docs, "-gateway")["checksum/credentials"]
+    passwords = values("demo")["credentials"]["demoPasswords"]
+    assert checksum(passwords) == checksum(dict(passwords))
+    assert checksum(passwords) != checksum({**passwords, "vendor-a-password": "rotated"})
+
+
+def test_a_changed_grafana_provisioning_restarts_grafana():
+    def checksum(extra=None):
+        docs, _ = render("default", extra)
+        return annotations(docs, "-grafana")["checksum/provisioning"]
+    assert checksum() == checksum()
+    assert checksum() != checksum({"prometheus": {"bundled": {"service": {"port": 9091}}}})
+
+
+def test_the_injector_takes_a_certificate_made_outside_the_chart():
+    injector = values("injector")["injector"]
+    docs, _ = render("injector", {"injector": {**injector, "tls": {
+        "mode": "existingSecret", "existingSecret": {"name": "injector-tls", "caBundle": "Q0EgUEVN"}}}})
+    assert not [d for d in docs if d["kind"] in ("Secret", "Certificate", "Issuer") and "injector" in d["metadata"]["name"]]
+    [webhook] = kinds(docs, "MutatingWebhookConfiguration")
+    assert webhook["webhooks"][0]["clientConfig"]["caBundle"] == "Q0EgUEVN"
+    assert "annotations" not in webhook["metadata"]
+    [deployment] = [d for d in kinds(docs, "Deployment") if d["metadata"]["name"].endswith("-injector")]
+    assert {"name": "tls", "secret": {"secretName": "injector-tls"}} in pod_spec(deployment)["volumes"]
+    with pytest.raises(Exception, match="existingSecret.name is required"):
+        render("injector", {"injector": {**injector, "tls": {"mode": "existingSecret"}}})
+    # Generated: a new certificate restarts the webhook with it.
+    assert annotations(render("injector")[0], "-injector")["checksum/tls"]
+
+
 def test_a_drain_leaves_one_injector_serving():
     docs, _ = render("injector")
     [budget] = [d for d in kinds(docs, "PodDisruptionBudget") if d["metadata"]["name"].endswith("-injector")]

@@ -344,3 +344,40 @@ Where Prometheus sends alerts: the bundled Alertmanager and any external ones.
 {{- end -}}
 {{- if $targets }}{{ toJson $targets }}{{ end -}}
 {{- end -}}
+
+{{/*
+A checksum of the vendor credentials, for a pod annotation: meters read the passwords from
+environment variables, so a rotated Secret applies only to new pods. With a cluster (`helm
+upgrade`), the Secret's data as it is now; rendered without one (GitOps), the demo passwords
+when the chart makes the Secret, else nothing (docs/deployment.md, "Vendor credentials").
+*/}}
+{{- define "proxy-telemetry.credentialsChecksum" -}}
+{{- $secret := lookup "v1" "Secret" .Release.Namespace .Values.credentials.secretName -}}
+{{- if and $secret $secret.data -}}
+{{ toJson $secret.data | sha256sum }}
+{{- else if .Values.credentials.createDemoSecret -}}
+{{ toJson .Values.credentials.demoPasswords | sha256sum }}
+{{- end -}}
+{{- end -}}
+
+{{/* The bundled Grafana's provisioning (datasource, dashboard provider). */}}
+{{- define "proxy-telemetry.grafanaProvisioning" -}}
+datasources.yaml: |
+  apiVersion: 1
+  datasources:
+    - name: Prometheus
+      uid: prometheus
+      type: prometheus
+      access: proxy
+      url: {{ include "proxy-telemetry.prometheusUrl" . }}
+      isDefault: true
+dashboards.yaml: |
+  apiVersion: 1
+  providers:
+    - name: proxy-telemetry
+      folder: Proxy telemetry
+      type: file
+      disableDeletion: true
+      options:
+        path: /var/lib/grafana/dashboards
+{{- end -}}

@@ -562,3 +562,60 @@ def test_yaml_files_are_lint_clean():
         config = f"{{extends: default, rules: {{line-length: {length}, {rules}}}}}"
         result = subprocess.run(["yamllint", "-d", config, *paths], capture_output=True, text=True)
         assert result.returncode == 0, result.stdout
+
+
+def test_the_gateway_and_the_injector_can_be_placed_prioritised_and_labelled():
+    placement = {"priorityClassName": "crawl-critical", "podLabels": {"team": "crawl"},
+                 "tolerations": [{"key": "dedicated", "operator": "Exists"}]}
+    injector = values("injector")["injector"]
+    docs, _ = render("injector", {
+        "gateway": {"extraEnv": [{"name": "PROXY_TELEMETRY__LIMITS__MAX_CONNECTIONS", "value": "20000"}],
+                    "serviceAccount": {"annotations": {"iam.gke.io/gcp-service-account": "meter@p.iam"}},
+                    **placement},
+        "injector": {**injector, **placement}})
+    for suffix in ("-gateway", "-injector"):
+        [deployment] = [d for d in kinds(docs, "Deployment") if d["metadata"]["name"].endswith(suffix)]
+        spec, labels = pod_spec(deployment), deployment["spec"]["template"]["metadata"]["labels"]
+        assert spec["priorityClassName"] == "crawl-critical" and labels["team"] == "crawl"
+        assert spec["tolerations"] == placement["tolerations"]
+        # The default spread prefers one replica per node, selecting the component's own pods.
+        [spread] = spec["topologySpreadConstraints"]
+        assert spread["topologyKey"] == "kubernetes.io/hostname" and spread["whenUnsatisfiable"] == "ScheduleAnyway"
+        assert spread["labelSelector"]["matchLabels"].items() <= labels.items()
+        assert spread["labelSelector"]["matchLabels"] == deployment["spec"]["selector"]["matchLabels"]
+    [gateway] = [d for d in kinds(docs, "Deployment") if d["metadata"]["name"].endswith("-gateway")]
+    env = pod_spec(gateway)["containers"][0]["env"]
+    assert {"name": "PROXY_TELEMETRY__LIMITS__MAX_CONNECTIONS", "value": "20000"} in env
+    [account] = [d for d in kinds(docs, "ServiceAccount") if d["metadata"]["name"].endswith("-gateway")]
+    assert account["metadata"]["annotations"] == {"iam.gke.io/gcp-service-account": "meter@p.iam"}
+    assert pod_spec(gateway)["serviceAccountName"] == account["metadata"]["name"]
+    assert pod_spec(gateway)["automountServiceAccountToken"] is False
+
+
+def test_scrapes_take_a_sample_limit_and_extra_relabelling_in_every_prometheus_mode():
+    extra = {"sampleLimit": 40000, "metricRelabelings": [
+        {"source_labels": ["__name__"], "regex": "proxy_request_duration_seconds_bucket", "action": "drop"}]}
+    lean_keep = "gateway;.*"
+
+    docs, _ = render("default", {"prometheus": {**extra}})
+    [config] = [d for d in kinds(docs, "ConfigMap") if d["metadata"]["name"].endswith("-prometheus")]
+    [scrape] = [j for j in yaml.safe_load(config["data"]["prometheus.yml"])["scrape_configs"]
+                if j["job_name"] == "proxy-telemetry"]
+    assert scrape["sample_limit"] == 40000
+    assert [r["regex"].split("|")[0] for r in scrape["metric_relabel_configs"]] == [
+        lean_keep, "proxy_request_duration_seconds_bucket"]
+
+    operator = values("kube-prometheus-stack")
+    for pod_monitor in (True, False):
+        docs, _ = render("kube-prometheus-stack", {"prometheus": {
+            **operator["prometheus"], **extra,
+            "operator": {**operator["prometheus"]["operator"], "podMonitor": pod_monitor}}})
+        [monitor] = [d for d in docs if d["kind"] in ("PodMonitor", "ServiceMonitor")]
+        assert monitor["spec"]["sampleLimit"] == 40000
+        [endpoint] = monitor["spec"].get("podMetricsEndpoints") or monitor["spec"]["endpoints"]
+        rules = endpoint["metricRelabelings"]
+        assert rules[-1] == {"sourceLabels": ["__name__"], "regex": "proxy_request_duration_seconds_bucket",
+                             "action": "drop"}
+        # The lean profile keeps a gateway's series by its component label, which only the
+        # PodMonitor sets: the gateway's ServiceMonitor keeps everything.
+        assert (rules[0]["regex"].startswith(lean_keep)) == pod_monitor, rules

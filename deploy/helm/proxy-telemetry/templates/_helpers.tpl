@@ -229,6 +229,25 @@ own field names (source_labels), else the operator's (sourceLabels).
 {{- end }}
 
 {{/*
+Every metric relabelling of the meters' scrape: the lean sidecar profile's (unless `gatewayOnly`:
+a gateway's scrape keeps everything), then prometheus.metricRelabelings (Prometheus' own
+snake_case keys; camelCase for the operator's monitors when `snake` is false). Empty when there
+is none.
+*/}}
+{{- define "proxy-telemetry.metricRelabelings" -}}
+{{- if and (eq .root.Values.prometheus.sidecarSeries "lean") (not .gatewayOnly) }}
+{{ include "proxy-telemetry.sidecarSeries" (dict "snake" .snake) }}
+{{- end }}
+{{- range .root.Values.prometheus.metricRelabelings }}
+{{- $rule := dict }}
+{{- range $key, $value := . }}
+{{- $_ := set $rule (ternary $key (camelcase $key | untitle) $.snake) $value }}
+{{- end }}
+- {{- toYaml $rule | nindent 2 }}
+{{- end }}
+{{- end }}
+
+{{/*
 Whether Prometheus gets the vendors' prices from the chart's values rather than from the meters:
 with no gateway and lean sidecar series, the sidecars' price series are dropped at scrape time
 (18 series per pod for three priced vendors), so the same prices, from the same values that
@@ -381,3 +400,38 @@ dashboards.yaml: |
       options:
         path: /var/lib/grafana/dashboards
 {{- end -}}
+
+{{/*
+Where a component's pods run: priority class, node selection, and spread. A spread constraint
+without a labelSelector selects the component's own pods. Call with (dict "root" $ "component"
+NAME "values" .Values.<component>).
+*/}}
+{{- define "proxy-telemetry.podPlacement" -}}
+{{- $v := .values -}}
+{{- with $v.priorityClassName }}
+priorityClassName: {{ . }}
+{{- end }}
+{{- with $v.nodeSelector }}
+nodeSelector:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with $v.tolerations }}
+tolerations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with $v.affinity }}
+affinity:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with $v.topologySpreadConstraints }}
+topologySpreadConstraints:
+  {{- range . }}
+  {{- $c := . }}
+  {{- if not $c.labelSelector }}
+  {{- $c = merge (dict "labelSelector" (dict "matchLabels" (include "proxy-telemetry.selectorLabels" (dict "root" $.root "component" $.component) | fromYaml))) $c }}
+  {{- end }}
+  - {{- toYaml $c | nindent 4 }}
+  {{- end }}
+{{- end }}
+{{- end -}}
+

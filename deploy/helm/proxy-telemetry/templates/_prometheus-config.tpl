@@ -78,9 +78,12 @@ prometheus.yml: |
           target_label: pod
         - source_labels: [__meta_kubernetes_pod_label_app_kubernetes_io_component]
           target_label: component
-      {{- if eq .Values.prometheus.sidecarSeries "lean" }}
+      {{- with .Values.prometheus.sampleLimit }}
+      sample_limit: {{ . }}
+      {{- end }}
+      {{- with include "proxy-telemetry.metricRelabelings" (dict "root" . "snake" true) }}
       metric_relabel_configs:
-        {{- include "proxy-telemetry.sidecarSeries" (dict "snake" true) | nindent 8 }}
+        {{- . | nindent 8 }}
       {{- end }}
     - job_name: prometheus
       static_configs:

@@ -619,3 +619,82 @@ def test_scrapes_take_a_sample_limit_and_extra_relabelling_in_every_prometheus_m
         # The lean profile keeps a gateway's series by its component label, which only the
         # PodMonitor sets: the gateway's ServiceMonitor keeps everything.
         assert (rules[0]["regex"].startswith(lean_keep)) == pod_monitor, rules
+
+
+def test_sidecars_in_crawler_namespaces_find_their_configuration_there():
+    docs, notes = render("demo", {"sidecar": {"namespaces": ["crawl-a", "crawl-b"]}})
+    def where(kind, suffix):
+        return sorted(d["metadata"].get("namespace", "") for d in kinds(docs, kind)
+                      if d["metadata"]["name"].endswith(suffix))
+    assert where("ConfigMap", "-sidecar-config") == ["crawl-a", "crawl-b", "monitoring"]
+    assert where("Secret", values("demo")["credentials"]["secretName"]) == ["crawl-a", "crawl-b", "monitoring"]
+    docs, notes = render("default", {"sidecar": {"namespaces": ["crawl-a"]}})
+    assert "kubectl -n crawl-a create secret generic proxy-vendor-credentials --from-literal=vendor-a-password=" in notes
+    with pytest.raises(Exception, match='"crawl-b", which prometheus.bundled.namespaces leaves out'):
+        render("default", {"sidecar": {"namespaces": ["crawl-a", "crawl-b"]},
+                           "prometheus": {"bundled": {"namespaces": ["monitoring", "crawl-a"]}}})
+
+
+def test_injection_skips_namespaces_whose_pod_security_would_reject_the_init_container():
+    docs, _ = render("injector")
+    [webhook] = kinds(docs, "MutatingWebhookConfiguration")
+    selector = webhook["webhooks"][0]["namespaceSelector"]
+    assert selector["matchLabels"] == {"proxy-telemetry.io/inject": "enabled"}
+    assert {"key": "pod-security.kubernetes.io/enforce", "operator": "NotIn",
+            "values": ["baseline", "restricted"]} in selector["matchExpressions"]
+
+
+# Pod Security Standards, "restricted" (Kubernetes 1.25+), as the API server enforces it.
+RESTRICTED_VOLUMES = {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim",
+                      "projected", "secret"}
+
+
+def restricted_violations(spec):
+    found = []
+    if any(spec.get(k) for k in ("hostNetwork", "hostPID", "hostIPC")):
+        found.append("host namespaces")
+    for volume in spec.get("volumes", []):
+        kinds_of = set(volume) - {"name"}
+        if not kinds_of <= RESTRICTED_VOLUMES:
+            found.append(f"volume {volume['name']}: {kinds_of}")
+    pod = spec.get("securityContext", {})
+    for c in all_containers(spec):
+        ctx = c.get("securityContext", {})
+        name = c["name"]
+        if not (ctx.get("runAsNonRoot", pod.get("runAsNonRoot")) is True):
+            found.append(f"{name}: runAsNonRoot")
+        if ctx.get("runAsUser", pod.get("runAsUser")) == 0:
+            found.append(f"{name}: runAsUser 0")
+        if ctx.get("allowPrivilegeEscalation") is not False:
+            found.append(f"{name}: allowPrivilegeEscalation")
+        if ctx.get("privileged"):
+            found.append(f"{name}: privileged")
+        caps = ctx.get("capabilities", {})
+        if "ALL" not in caps.get("drop", []) or set(caps.get("add", [])) - {"NET_BIND_SERVICE"}:
+            found.append(f"{name}: capabilities")
+        seccomp = ctx.get("seccompProfile", pod.get("seccompProfile", {})).get("type")
+        if seccomp not in ("RuntimeDefault", "Localhost"):
+            found.append(f"{name}: seccompProfile")
+        if any(p.get("hostPort") for p in c.get("ports", [])):
+            found.append(f"{name}: hostPort")
+    return found
+
+
+def test_every_pod_the_chart_makes_runs_under_pod_security_restricted(rendered):
+    profile, docs, _ = rendered
+    for doc in docs:
+        if doc["kind"] in ("Deployment", "StatefulSet", "DaemonSet", "Job", "CronJob"):
+            assert restricted_violations(pod_spec(doc)) == [], (profile, doc["metadata"]["name"])
+
+
+def test_the_kustomize_sidecar_runs_under_pod_security_restricted():
+    out = subprocess.run(["kubectl", "kustomize", str(ROOT / "deploy/kustomize/example")],
+                         capture_output=True, text=True, check=True).stdout
+    crawlers = [d for d in yaml.safe_load_all(out) if d and d["kind"] == "Deployment"]
+    assert crawlers
+    for crawler in crawlers:
+        # The crawler container is the user's; what the component adds must not cost them the level.
+        spec = pod_spec(crawler)
+        added = {**spec, "containers": [], "initContainers": [c for c in all_containers(spec) if c["name"] == "meter"]}
+        assert added["initContainers"]
+        assert restricted_violations(added) == [], crawler["metadata"]["name"]

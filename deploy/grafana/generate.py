@@ -28,6 +28,8 @@ CLUSTER = 'cluster=~"$cluster"'
 VENDOR = f'{CLUSTER},proxy_vendor=~"$vendor"'
 WORKLOAD = f'{VENDOR},source_namespace=~"$namespace",source_workload=~"$workload"'
 POD = f'{WORKLOAD},source_pod=~"$pod"'
+WORKLOAD_LABELS = "proxy_vendor, source_namespace, source_workload"
+DESTINATION_LABELS = "proxy_vendor, destination"
 POD_NOTE = ("Per-pod detail now: the busiest pods over the last few minutes. Pods churn, and a series per pod over "
             "hours is what makes a dashboard slow at thousands of pods (bench/results/scale.md). Per workload over any "
             "range; the meter's access log for any pod over any period.")
@@ -116,6 +118,20 @@ def recorded(name, by="proxy_vendor", selector=WORKLOAD):
     return f"sum by ({by}) ({name}{{{selector}}})"
 
 
+def top(k, selector, by):
+    """The k series of `selector` (summed by `by`) that were largest on average over the whole
+    dashboard range, drawn over it: a bare topk picks k at every step, and a time-series panel
+    then shows every series that was ever in some step's k."""
+    return (f"sum by ({by}) ({selector}) and on ({by}) "
+            f"topk({k}, sum by ({by}) (avg_over_time({selector}[$__range] @ end())))")
+
+
+def zero_if_none(expr):
+    """For totals where no series means none happened (nothing folded, no meter down), not
+    "unknown": the panel shows 0 instead of No data."""
+    return f"({expr}) or vector(0)"
+
+
 REQUESTS = "vendor_workload_status_class:proxy_requests:rate5m"
 SUCCESS = f'{REQUESTS}{{{WORKLOAD},status_class=~"2xx|3xx"}}'
 SENT = "vendor_workload:proxy_sent_bytes:rate5m"
@@ -127,11 +143,11 @@ OVERVIEW = render(
     "Requests, success and bandwidth per proxy vendor (requirements a, c, d at a glance); filters by namespace "
     "and workload. 5-minute rates from the recording rules.",
     [
-        panel("Request rate", "stat", [(f"sum({REQUESTS}{{{WORKLOAD}}})", "")], "reqps", w=6, h=4),
+        panel("Request rate", "stat", [(zero_if_none(f"sum({REQUESTS}{{{WORKLOAD}}})"), "")], "reqps", w=6, h=4),
         panel("Success rate", "stat", [(f"sum({SUCCESS}) / sum({REQUESTS}{{{WORKLOAD}}})", "")], "percentunit", w=6, h=4),
-        panel("Active pods", "stat", [(f"sum(vendor_workload:proxy_active_pods:count{{{WORKLOAD}}})", "")], w=6, h=4,
+        panel("Active pods", "stat", [(zero_if_none(f"sum(vendor_workload:proxy_active_pods:count{{{WORKLOAD}}})"), "")], w=6, h=4,
               description="Pods with at least one request through the vendor in the last 5 minutes."),
-        panel("Total bandwidth", "stat", [(f"sum({SENT}{{{WORKLOAD}}}) + sum({RECEIVED}{{{WORKLOAD}}})", "")], "Bps", w=6, h=4),
+        panel("Total bandwidth", "stat", [(zero_if_none(f"sum({SENT}{{{WORKLOAD}}}) + sum({RECEIVED}{{{WORKLOAD}}})"), "")], "Bps", w=6, h=4),
         panel("Requests per vendor", "timeseries", [(recorded(REQUESTS), "{{proxy_vendor}}")], "reqps"),
         panel("Success rate per vendor", "timeseries", [(
             f"sum by (proxy_vendor) ({SUCCESS}) / {recorded(REQUESTS)}", "{{proxy_vendor}}")],
@@ -156,10 +172,12 @@ BANDWIDTH = render(
         panel("Sent per vendor", "timeseries", [(recorded(SENT), "{{proxy_vendor}}")], "Bps"),
         panel("Received per vendor", "timeseries", [(recorded(RECEIVED), "{{proxy_vendor}}")], "Bps"),
         panel("Received per workload", "timeseries", [(
-            f"topk(10, {RECEIVED}{{{WORKLOAD}}})", "{{source_namespace}}/{{source_workload}} via {{proxy_vendor}}")], "Bps",
+            top(10, f"{RECEIVED}{{{WORKLOAD}}}", WORKLOAD_LABELS),
+            "{{source_namespace}}/{{source_workload}} via {{proxy_vendor}}")], "Bps",
               description="Deployments, StatefulSets, Jobs: their series outlive pod churn (5-minute rates)."),
         panel("Sent per workload", "timeseries", [(
-            f"topk(10, {SENT}{{{WORKLOAD}}})", "{{source_namespace}}/{{source_workload}} via {{proxy_vendor}}")], "Bps"),
+            top(10, f"{SENT}{{{WORKLOAD}}}", WORKLOAD_LABELS),
+            "{{source_namespace}}/{{source_workload}} via {{proxy_vendor}}")], "Bps"),
         pod_panel("Top pods by bytes received, now", [(
             f"topk(20, {rate('proxy_received_bytes_total', by='proxy_vendor, source_namespace, source_pod')})",
             "")], "Bps"),
@@ -184,22 +202,22 @@ DESTINATIONS = render(
     "pt-destinations", "Destination Tracking",
     "Where crawlers go through each vendor: requests and bytes per destination (requirement b).",
     [
-        panel("Distinct destinations", "stat", [(f"sum(vendor:proxy_destinations:count{{{VENDOR}}})", "")], w=8, h=4),
-        panel("Requests folded into other", "stat", [(
-            f'sum(vendor_destination:proxy_destination_requests:rate5m{{{VENDOR},destination="other"}})', "")],
+        panel("Distinct destinations", "stat", [(zero_if_none(f"sum(vendor:proxy_destinations:count{{{VENDOR}}})"), "")], w=8, h=4),
+        panel("Requests folded into other", "stat", [(zero_if_none(
+            f'sum(vendor_destination:proxy_destination_requests:rate5m{{{VENDOR},destination="other"}})'), "")],
               "reqps", w=8, h=4, description="Past metrics.max_destinations_per_vendor, new destinations count as other."),
         panel("Destination label values in use", "stat", [(f"max(vendor:proxy_destination_labels:max{{{VENDOR}}})", "")],
               w=8, h=4, description="The most any one meter holds, against its limit."),
         panel("Top destinations per vendor", "table", [(
             f"topk(20, vendor_destination:proxy_destination_requests:rate5m{{{VENDOR}}})", "")], "reqps"),
         panel("Requests per destination", "timeseries", [(
-            f"topk(10, vendor_destination:proxy_destination_requests:rate5m{{{DESTINATION}}})",
+            top(10, f"vendor_destination:proxy_destination_requests:rate5m{{{DESTINATION}}}", DESTINATION_LABELS),
             "{{destination}} via {{proxy_vendor}}")], "reqps"),
         panel("Bytes received per destination", "timeseries", [(
-            f"topk(10, vendor_destination:proxy_destination_received_bytes:rate5m{{{DESTINATION}}})",
+            top(10, f"vendor_destination:proxy_destination_received_bytes:rate5m{{{DESTINATION}}}", DESTINATION_LABELS),
             "{{destination}} via {{proxy_vendor}}")], "Bps"),
         panel("Bytes sent per destination", "timeseries", [(
-            f"topk(10, vendor_destination:proxy_destination_sent_bytes:rate5m{{{DESTINATION}}})",
+            top(10, f"vendor_destination:proxy_destination_sent_bytes:rate5m{{{DESTINATION}}}", DESTINATION_LABELS),
             "{{destination}} via {{proxy_vendor}}")], "Bps"),
         pod_panel("Requests of the selected pods, now", [(
             f"topk(20, {rate('proxy_requests_total', by='proxy_vendor, source_namespace, source_pod')})", "")], "reqps",
@@ -227,9 +245,9 @@ HEALTH = render(
         panel("Tunnels by inner protocol", "timeseries", [(
             f"vendor_inner:proxy_tunnels:rate5m{{{VENDOR}}}", "{{proxy_vendor}} {{inner}}")], "reqps",
               description="From the TLS ClientHello inside each tunnel."),
-        panel("Meters up", "stat", [("sum(job:up:sum)", "")], w=6, h=4),
-        panel("Meters down", "stat", [("sum(job:up:count) - sum(job:up:sum)", "")], w=6, h=4),
-        panel("Open client connections", "stat", [("sum(job:proxy_open_connections:sum)", "")], w=6, h=4),
+        panel("Meters up", "stat", [(zero_if_none("sum(job:up:sum)"), "")], w=6, h=4),
+        panel("Meters down", "stat", [(zero_if_none("sum(job:up:count) - sum(job:up:sum)"), "")], w=6, h=4),
+        panel("Open client connections", "stat", [(zero_if_none("sum(job:proxy_open_connections:sum)"), "")], w=6, h=4),
         panel("Meter versions", "stat", [("version:proxy_build_info:count", "{{version}}")], w=6, h=4),
     ],
 )
@@ -285,7 +303,7 @@ COST = render(
             "{{proxy_vendor}} ({{currency}})")], w=12, h=5, instant=True,
               description="All spend (requests too) per decimal GB crossing the meter, both directions. " + SPEND_NOTE),
         panel("Spend rate per workload (per hour)", "timeseries", [(
-            f"topk(10, sum by (proxy_vendor, currency, source_namespace, source_workload) ({SPEND}{{{WORKLOAD}}})) * 3600",
+            f"({top(10, f'{SPEND}{{{WORKLOAD}}}', f'currency, {WORKLOAD_LABELS}')}) * 3600",
             "{{source_namespace}}/{{source_workload}} via {{proxy_vendor}}")], w=12),
     ],
     extra_variables=[("destination", "Destination",

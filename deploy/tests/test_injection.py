@@ -153,7 +153,7 @@ def test_the_webhook_configuration_is_what_the_api_server_needs(chart):
     assert hook["admissionReviewVersions"] == ["v1"]
     assert hook["rules"] == [{"operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"],
                               "resources": ["pods"], "scope": "Namespaced"}]
-    assert hook["namespaceSelector"] == {"matchLabels": {"proxy-telemetry.io/inject": "enabled"}}
+    assert hook["namespaceSelector"]["matchLabels"] == {"proxy-telemetry.io/inject": "enabled"}
     assert hook["objectSelector"]["matchExpressions"][0]["operator"] == "NotIn"
     service = named(docs, "Service", "-injector")
     assert hook["clientConfig"]["service"] == {"name": service["metadata"]["name"], "namespace": NAMESPACE,

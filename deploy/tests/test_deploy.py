@@ -10,6 +10,7 @@ import json
 import os
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import helm_python as helm
@@ -698,3 +699,21 @@ def test_the_kustomize_sidecar_runs_under_pod_security_restricted():
         added = {**spec, "containers": [], "initContainers": [c for c in all_containers(spec) if c["name"] == "meter"]}
         assert added["initContainers"]
         assert restricted_violations(added) == [], crawler["metadata"]["name"]
+
+
+def test_native_sidecars_are_refused_on_clusters_older_than_1_29():
+    """helm lint renders with the cluster version given; the SDK reports a template's `fail` only
+    in its log, so the lint runs in a child process whose log is read."""
+    def failures(profile, kube_version, extra=None):
+        script = ("import helm_python, json, sys; helm_python.lint(sys.argv[1], json.loads(sys.argv[2]), "
+                  "kube_version=sys.argv[3])")
+        merged = {**values(profile), **(extra or {})}
+        result = subprocess.run([sys.executable, "-c", script, str(CHART), json.dumps(merged), kube_version],
+                                capture_output=True, text=True, check=True)
+        return [line for line in (result.stdout + result.stderr).splitlines() if "fail message=" in line]
+    assert "injector.enabled needs Kubernetes 1.29" in " ".join(failures("injector", "v1.28.9"))
+    assert failures("injector", "v1.29.0") == []
+    native = {"sidecar": {"native": True}}
+    assert "sidecar.native needs Kubernetes 1.29" in " ".join(failures("sidecar-only", "v1.28.9", native))
+    assert failures("sidecar-only", "v1.28.9") == []  # its sidecars are regular containers
+    assert failures("default", "v1.25.0") == []

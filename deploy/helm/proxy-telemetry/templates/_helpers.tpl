@@ -435,3 +435,19 @@ topologySpreadConstraints:
 {{- end }}
 {{- end -}}
 
+{{/*
+Native sidecars (an init container with restartPolicy Always) exist from Kubernetes 1.29: the
+injector always makes them, the chart's own sidecars when sidecar.native is on. An older API
+server drops the field and the meter becomes an init container that never ends, so the pod never
+starts: refuse to render instead.
+*/}}
+{{- define "proxy-telemetry.checkKubeVersion" -}}
+{{- $old := semverCompare "<1.29.0-0" .Capabilities.KubeVersion.Version -}}
+{{- if and $old .Values.injector.enabled -}}
+{{- fail (printf "injector.enabled needs Kubernetes 1.29 or later (native sidecars); this cluster is %s" .Capabilities.KubeVersion.Version) -}}
+{{- end -}}
+{{- if and $old .Values.sidecar.native .Values.loadGenerator.enabled (eq .Values.loadGenerator.via "sidecar") -}}
+{{- fail (printf "sidecar.native needs Kubernetes 1.29 or later; this cluster is %s: set sidecar.native=false" .Capabilities.KubeVersion.Version) -}}
+{{- end -}}
+{{- end -}}
+

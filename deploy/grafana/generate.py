@@ -198,9 +198,12 @@ BANDWIDTH = render(
 )
 
 DESTINATION = f'{VENDOR},destination=~"$destination"'
+# Families a meter keeps per vendor only (a label per pod there would multiply them by the fleet).
+VENDOR_ONLY = "Per vendor: this family carries no pod labels, so namespace, workload and pod filters do not apply."
 DESTINATIONS = render(
     "pt-destinations", "Destination Tracking",
-    "Where crawlers go through each vendor: requests and bytes per destination (requirement b).",
+    "Where crawlers go through each vendor: requests and bytes per destination (requirement b). Destination "
+    "families carry no pod labels: namespace, workload and pod filters apply to the per-pod table only.",
     [
         panel("Distinct destinations", "stat", [(zero_if_none(f"sum(vendor:proxy_destinations:count{{{VENDOR}}})"), "")], w=8, h=4),
         panel("Requests folded into other", "stat", [(zero_if_none(
@@ -233,18 +236,20 @@ HEALTH = render(
     [
         panel("Latency per vendor (p50 / p95 / p99)", "timeseries", [(
             f"vendor:proxy_request_duration_seconds:histogram_quantile{{{VENDOR}}}", "{{proxy_vendor}} p{{quantile}}")], "s",
-              description="To the vendor's response head, or to the tunnel established."),
+              description="To the vendor's response head, or to the tunnel established. " + VENDOR_ONLY),
         panel("Latency by protocol (p99)", "timeseries", [(
             f"vendor_protocol:proxy_request_duration_seconds:histogram_quantile{{{VENDOR}}}",
-            "{{proxy_vendor}} {{protocol}}")], "s"),
+            "{{proxy_vendor}} {{protocol}}")], "s", description=VENDOR_ONLY),
         panel("Vendor errors by reason", "timeseries", [(
-            f"vendor_reason:proxy_upstream_errors:rate5m{{{VENDOR}}}", "{{proxy_vendor}} {{reason}}")], "reqps"),
+            f"vendor_reason:proxy_upstream_errors:rate5m{{{VENDOR}}}", "{{proxy_vendor}} {{reason}}")], "reqps",
+              description=VENDOR_ONLY),
         panel("Refused requests by reason", "timeseries", [("reason:proxy_rejected_requests:rate5m", "{{reason}}")], "reqps",
               description="Refused by the meter before anything was forwarded (policy, credentials, limits)."),
-        panel("Active tunnels", "timeseries", [(f"vendor:proxy_active_tunnels:sum{{{VENDOR}}}", "{{proxy_vendor}}")]),
+        panel("Active tunnels", "timeseries", [(f"vendor:proxy_active_tunnels:sum{{{VENDOR}}}", "{{proxy_vendor}}")],
+              description=VENDOR_ONLY),
         panel("Tunnels by inner protocol", "timeseries", [(
             f"vendor_inner:proxy_tunnels:rate5m{{{VENDOR}}}", "{{proxy_vendor}} {{inner}}")], "reqps",
-              description="From the TLS ClientHello inside each tunnel."),
+              description="From the TLS ClientHello inside each tunnel. " + VENDOR_ONLY),
         panel("Meters up", "stat", [(zero_if_none("sum(job:up:sum)"), "")], w=6, h=4),
         panel("Meters down", "stat", [(zero_if_none("sum(job:up:count) - sum(job:up:sum)"), "")], w=6, h=4),
         panel("Open client connections", "stat", [(zero_if_none("sum(job:proxy_open_connections:sum)"), "")], w=6, h=4),

@@ -12,6 +12,53 @@ use std::io;
 use pt_metrics::labels::{RejectReason, UpstreamErrorReason};
 use pt_sniff::request::RequestError;
 
+/// How a request or tunnel ended: the access log's `outcome`, documented in docs/metrics.md.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Answered with the vendor's (or destination's) status, and completed.
+    Ok,
+    /// Refused by the meter before anything was forwarded (`reason`: the rejection).
+    Rejected,
+    /// The vendor leg failed before an answer; the meter answered 502, 503 or 504 itself.
+    VendorError,
+    /// The vendor refused the tunnel or the credentials; the client got the refusal.
+    VendorRefused,
+    /// The vendor closed or failed without answering, and no status reached the client
+    /// (a captured connection: the crawler sees the close).
+    VendorClosed,
+    /// The answer started, then the vendor cut it short (a reset, a body shorter than
+    /// announced, a TLS record cut in half).
+    VendorCut,
+    /// The client went away before the answer.
+    ClientGone,
+    /// The client went away after the answer started (an aborted download).
+    ClientCut,
+    /// The client's request body broke its framing mid-way.
+    BadFraming,
+    /// Closed by an idle timeout.
+    Idle,
+    /// Ended by the meter's shutdown after the grace period.
+    Shutdown,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::Rejected => "rejected",
+            Outcome::VendorError => "vendor_error",
+            Outcome::VendorRefused => "vendor_refused",
+            Outcome::VendorClosed => "vendor_closed",
+            Outcome::VendorCut => "vendor_cut",
+            Outcome::ClientGone => "client_gone",
+            Outcome::ClientCut => "client_cut",
+            Outcome::BadFraming => "bad_framing",
+            Outcome::Idle => "idle",
+            Outcome::Shutdown => "shutdown",
+        }
+    }
+}
+
 /// Why a request did not get (or finish) a normal answer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Failure {

@@ -28,8 +28,9 @@ use tokio::time::Instant;
 
 use crate::activity::Activity;
 use crate::context::Context;
-use crate::exchange::{Exchange, Outcome};
+use crate::exchange::Exchange;
 use crate::failure::Failure;
+use crate::failure::Outcome;
 use crate::lifecycle::{self, Admitted, ConnInfo, Request};
 use crate::relay::Start;
 use crate::slots::Slot;

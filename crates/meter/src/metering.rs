@@ -17,7 +17,7 @@ use pt_sniff::Host;
 
 use crate::access_log::{AccessRecord, AccessSink};
 use crate::counting_io::CounterPair;
-use crate::exchange::Outcome;
+use crate::failure::Outcome;
 
 /// See the module documentation.
 #[derive(Debug)]

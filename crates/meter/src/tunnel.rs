@@ -17,7 +17,8 @@ use pt_sniff::client_hello::{MAX_SNIFF_BYTES, sniff};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::activity::Activity;
-use crate::exchange::{Exchange, Outcome, Side};
+use crate::exchange::{Exchange, Side};
+use crate::failure::Outcome;
 use crate::failure::{Error, Failure};
 use crate::relay::{self, End, Report, Sniffer, Start};
 

@@ -11,6 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use pt_metrics::exposition::Scrape;
+use pt_testkit::VendorBooks;
 use pt_testkit::origin::Origin;
 use pt_testkit::pki::TestPki;
 use pt_testkit::process::{Running, free_port};
@@ -150,12 +151,13 @@ fn curl_through_the_meter_binary_is_metered_exactly() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let pki = TestPki::new(&["shop-a.test"]);
     let (vendor, _origin) = runtime.block_on(async {
-        let origin = Origin::start(&pki).await;
+        let origin = Origin::start(&pki).await.unwrap();
         let vendor = FakeVendor::builder()
             .credentials("meter", "cli-vendor-secret")
             .route("shop-a.test", &origin)
             .start()
-            .await;
+            .await
+            .unwrap();
         (vendor, origin)
     });
     let dir = temp_dir("curl");
@@ -278,7 +280,7 @@ fn stack(meter_vendors: &[&str]) -> Stack {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let pki = TestPki::new(&["shop-a.test", "www.news-b.test"]);
     let meter = runtime.block_on(async {
-        let origin = Origin::start(&pki).await;
+        let origin = Origin::start(&pki).await.unwrap();
         let mut setup = pt_testkit::meter::MeterSetup::new();
         for name in meter_vendors {
             let vendor = FakeVendor::builder()
@@ -286,7 +288,8 @@ fn stack(meter_vendors: &[&str]) -> Stack {
                 .route("shop-a.test", &origin)
                 .route("www.news-b.test", &origin)
                 .start()
-                .await;
+                .await
+                .unwrap();
             setup = setup.vendor(name, &vendor, Some("pw"));
         }
         setup.spawn().await

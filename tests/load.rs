@@ -49,7 +49,8 @@ async fn a_get_on_a_connection_the_proxy_closed_as_it_was_sent_is_retried_once_a
     let vendor = VendorBuilder::default()
         .fault(Fault::DropSecondRequest)
         .start()
-        .await;
+        .await
+        .unwrap();
     let run = Run::new(
         plan(vendor.address, "GET", 2),
         Arc::new(rustls::RootCertStore::empty()),
@@ -70,7 +71,8 @@ async fn a_post_is_not_sent_twice() {
     let vendor = VendorBuilder::default()
         .fault(Fault::DropSecondRequest)
         .start()
-        .await;
+        .await
+        .unwrap();
     let run = Run::new(
         plan(vendor.address, "POST", 2),
         Arc::new(rustls::RootCertStore::empty()),
@@ -87,8 +89,8 @@ async fn a_post_is_not_sent_twice() {
 
 #[tokio::test]
 async fn with_one_vendor_per_pod_every_pod_keeps_to_the_vendor_it_drew() {
-    let a = VendorBuilder::default().start().await;
-    let b = VendorBuilder::default().start().await;
+    let a = VendorBuilder::default().start().await.unwrap();
+    let b = VendorBuilder::default().start().await.unwrap();
     let mut plan = plan(a.address, "GET", 200);
     plan.vendors = vec![
         VendorShare {

@@ -120,14 +120,14 @@ fn prometheus_with_the_charts_rules_answers_every_panel_and_agrees_with_the_mete
     let pki = TestPki::new(&hosts);
 
     runtime.block_on(async {
-        let origin = Origin::start(&pki).await;
+        let origin = Origin::start(&pki).await.unwrap();
         let mut setup = MeterSetup::new();
         for name in ["vendor-a", "vendor-b"] {
             let mut builder = FakeVendor::builder().credentials("meter", "pw");
             for host in hosts {
                 builder = builder.route(host, &origin);
             }
-            setup = setup.vendor(name, &builder.start().await, Some("pw"));
+            setup = setup.vendor(name, &builder.start().await.unwrap(), Some("pw"));
         }
         // A vendor nobody listens for: its requests fail, so error series exist.
         let closed = free_port();

@@ -60,7 +60,7 @@ fn a_thousand_keep_alive_requests_through_tinyproxy_all_succeed() {
         .build()
         .unwrap();
     runtime.block_on(async {
-        let origin = Origin::start(&TestPki::new(&["shop.test"])).await;
+        let origin = Origin::start(&TestPki::new(&["shop.test"])).await.unwrap();
         let meter = MeterSetup::new()
             .vendor_yaml(&format!("  - name: tiny\n    url: http://127.0.0.1:{port}\n"))
             .yaml("routing:\n  default_vendor: tiny\nsecurity:\n  allowed_private_destinations: [\"127.0.0.0/8\"]\n")

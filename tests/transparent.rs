@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use pt_metrics::exposition::Scrape;
 use pt_sniff::destination::DestinationKey;
+use pt_testkit::VendorBooks;
 use pt_testkit::meter::{MeterSetup, TestMeter, admin_get};
 use pt_testkit::netns::{Link, NsRuntime, run};
 use pt_testkit::origin::Origin;
@@ -82,7 +83,7 @@ impl Rig {
         let pki = TestPki::new(&HOSTS);
         let origin = vendor_runtime.run({
             let pki = pki.clone();
-            async move { Origin::start(&pki).await }
+            async move { Origin::start(&pki).await.unwrap() }
         });
         let vendor = vendor_runtime.run({
             let origin = origin.clone();
@@ -96,7 +97,7 @@ impl Rig {
                 for host in &HOSTS[..3] {
                     builder = builder.route(host, &origin);
                 }
-                builder.start().await
+                builder.start().await.unwrap()
             }
         });
         let dir = std::env::temp_dir().join(format!("{}-files", link.pod.name()));
@@ -492,12 +493,13 @@ fn ipv6_vendor_endpoints_are_captured_too() {
     let vendor = vendor_runtime.run({
         let pki = pki.clone();
         async move {
-            let origin = Origin::start(&pki).await;
+            let origin = Origin::start(&pki).await.unwrap();
             FakeVendor::builder()
                 .route("shop-a.test", &origin)
                 .listen(SocketAddr::new(Link::VENDOR_V6.into(), 0))
                 .start()
                 .await
+                .unwrap()
         }
     });
     let meter = pod.run(

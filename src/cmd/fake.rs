@@ -6,9 +6,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use pt_testkit::origin::Origin;
-use pt_testkit::pki::TestPki;
-use pt_testkit::vendor::FakeVendor;
+use pt_fakes::origin::Origin;
+use pt_fakes::pki::TestPki;
+use pt_fakes::vendor::FakeVendor;
 
 #[derive(clap::Args, Debug)]
 pub struct VendorArgs {
@@ -53,7 +53,10 @@ pub fn vendor(args: VendorArgs) -> ExitCode {
         if let (Some(user), Some(password)) = (&args.username, &args.password) {
             builder = builder.credentials(user, password);
         }
-        let vendor = builder.start().await;
+        let vendor = builder
+            .start()
+            .await
+            .map_err(|e| format!("{}: {e}", args.listen))?;
         tracing::info!(address = %vendor.address, "fake vendor serving");
         Ok(())
     })
@@ -75,7 +78,7 @@ pub fn origin(args: OriginArgs) -> ExitCode {
         let https = tokio::net::TcpListener::bind(args.https)
             .await
             .map_err(|e| format!("{}: {e}", args.https))?;
-        let origin = Origin::serve(http, https, tls);
+        let origin = Origin::serve(http, https, tls).map_err(|e| e.to_string())?;
         tracing::info!(http = %origin.http, https = %origin.https, "fake origin serving");
         Ok(())
     })

@@ -84,6 +84,8 @@ pub enum DemoError {
     Config(String),
     #[error("starting the meter: {0}")]
     Meter(pt_meter::StartError),
+    #[error("starting the {0}: {1}")]
+    Fake(&'static str, std::io::Error),
     #[error("reading the meter's metrics: {0}")]
     Check(#[from] pt_check::SourceError),
     #[error("prometheus: {0}")]

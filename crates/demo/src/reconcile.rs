@@ -7,13 +7,13 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use pt_check::checks::CheckResult;
 use pt_config::pricing::{Pricing, Usage};
+use pt_fakes::vendor::FakeVendor;
 use pt_load::ledger::Ledger;
 use pt_load::report::human_bytes;
 use pt_metrics::exposition::Scrape;
 use pt_metrics::spec;
 use pt_sniff::authority::parse_host;
 use pt_sniff::destination::DestinationKey;
-use pt_testkit::vendor::FakeVendor;
 
 /// F: per vendor, the meter's sent and received bytes equal the vendor's books, exactly.
 pub fn vendor_bytes(scrape: &Scrape, vendors: &[(String, FakeVendor)]) -> CheckResult {

@@ -5,11 +5,11 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 
+use pt_fakes::origin::Origin;
+use pt_fakes::pki::TestPki;
+use pt_fakes::vendor::FakeVendor;
 use pt_load::plan::{LoadPlan, Stop, Target, VendorRoute, VendorShare};
 use pt_meter::{MemoryAccessLog, RunningMeter};
-use pt_testkit::origin::Origin;
-use pt_testkit::pki::TestPki;
-use pt_testkit::vendor::FakeVendor;
 
 use crate::{DemoError, DemoOptions, Routing};
 
@@ -88,7 +88,9 @@ fn fake_password() -> String {
 /// Starts origins, vendors and the meter; writes the meter's configuration to `out`.
 pub async fn start(options: &DemoOptions, out: &Path) -> Result<World, DemoError> {
     let pki = TestPki::new(&HOSTS);
-    let origin = Origin::start(&pki).await;
+    let origin = Origin::start(&pki)
+        .await
+        .map_err(|e| DemoError::Fake("stand-in websites", e))?;
     let mut vendors = Vec::new();
     let mut env = pt_config::Env::new();
     let mut yaml = String::from(
@@ -111,7 +113,10 @@ pub async fn start(options: &DemoOptions, out: &Path) -> Result<World, DemoError
         for host in HOSTS {
             builder = builder.route(host, &origin);
         }
-        let vendor = builder.start().await;
+        let vendor = builder
+            .start()
+            .await
+            .map_err(|e| DemoError::Fake("stand-in vendors", e))?;
         let var = format!(
             "DEMO_{}_PASSWORD",
             name.to_ascii_uppercase().replace('-', "_")

@@ -54,32 +54,32 @@ pub struct Origin {
 
 impl Origin {
     /// Starts an origin on `127.0.0.1:0` (two ports) with certificates from `pki`.
-    pub async fn start(pki: &TestPki) -> Origin {
-        let http = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind origin http");
-        let https = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind origin https");
+    pub async fn start(pki: &TestPki) -> std::io::Result<Origin> {
+        let http = TcpListener::bind("127.0.0.1:0").await?;
+        let https = TcpListener::bind("127.0.0.1:0").await?;
         Origin::serve(http, https, pki.server_config(&["h2", "http/1.1"]))
     }
 
     /// Serves on the given listeners: plain HTTP, and HTTPS with `tls`.
-    pub fn serve(http: TcpListener, https: TcpListener, tls: Arc<rustls::ServerConfig>) -> Origin {
+    pub fn serve(
+        http: TcpListener,
+        https: TcpListener,
+        tls: Arc<rustls::ServerConfig>,
+    ) -> std::io::Result<Origin> {
         let requests = Arc::new(Mutex::new(Vec::new()));
         let origin = Origin {
-            http: http.local_addr().expect("bound address"),
-            https: https.local_addr().expect("bound address"),
+            http: http.local_addr()?,
+            https: https.local_addr()?,
             requests: requests.clone(),
         };
         tokio::spawn(serve(http, None, requests.clone()));
         tokio::spawn(serve(https, Some(TlsAcceptor::from(tls)), requests));
-        origin
+        Ok(origin)
     }
 
     /// Everything received so far.
     pub fn requests(&self) -> Vec<OriginRequest> {
-        self.requests.lock().expect("origin log").clone()
+        crate::unpoisoned(&self.requests).clone()
     }
 }
 
@@ -154,7 +154,7 @@ async fn answer(
             body_bytes += data.len() as u64;
         }
     }
-    requests.lock().expect("origin log").push(OriginRequest {
+    crate::unpoisoned(requests).push(OriginRequest {
         host: host.clone(),
         method: method.clone(),
         path: path.clone(),

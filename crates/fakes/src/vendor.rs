@@ -94,8 +94,8 @@ pub struct ConnectionBook {
 impl ConnectionBook {
     /// The exchanges of a keep-alive connection, each with its request target.
     pub fn exchanges(&self) -> Vec<ExchangeBytes> {
-        let mut exchanges = self.exchanges.lock().expect("book").clone();
-        let targets = self.targets.lock().expect("book");
+        let mut exchanges = crate::unpoisoned(&self.exchanges).clone();
+        let targets = crate::unpoisoned(&self.targets);
         for (exchange, target) in exchanges.iter_mut().zip(targets.iter()) {
             exchange.target = target.clone();
         }
@@ -107,7 +107,7 @@ impl ConnectionBook {
             return;
         }
         self.from_meter.fetch_add(n, Ordering::SeqCst);
-        let mut exchanges = self.exchanges.lock().expect("book");
+        let mut exchanges = crate::unpoisoned(&self.exchanges);
         if exchanges.is_empty() || self.last_was_write.swap(false, Ordering::SeqCst) {
             exchanges.push(ExchangeBytes::default());
         }
@@ -119,7 +119,7 @@ impl ConnectionBook {
     fn wrote(&self, n: u64) {
         self.to_meter.fetch_add(n, Ordering::SeqCst);
         self.last_was_write.store(true, Ordering::SeqCst);
-        let mut exchanges = self.exchanges.lock().expect("book");
+        let mut exchanges = crate::unpoisoned(&self.exchanges);
         if exchanges.is_empty() {
             exchanges.push(ExchangeBytes::default());
         }
@@ -233,12 +233,12 @@ impl VendorBuilder {
         self
     }
 
-    pub async fn start(self) -> FakeVendor {
+    pub async fn start(self) -> io::Result<FakeVendor> {
         let address = self
             .listen
             .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
-        let listener = TcpListener::bind(address).await.expect("bind vendor");
-        let address = listener.local_addr().expect("bound address");
+        let listener = TcpListener::bind(address).await?;
+        let address = listener.local_addr()?;
         let mut extra = Vec::new();
         if self.socks5 {
             extra.push(Speaks::Socks5);
@@ -248,9 +248,7 @@ impl VendorBuilder {
         }
         let mut extra_listeners = Vec::new();
         for speaks in extra {
-            let listener = TcpListener::bind(SocketAddr::new(address.ip(), 0))
-                .await
-                .expect("bind vendor");
+            let listener = TcpListener::bind(SocketAddr::new(address.ip(), 0)).await?;
             extra_listeners.push((listener, speaks));
         }
         let state = Arc::new(State {
@@ -277,12 +275,12 @@ impl VendorBuilder {
             }
             tokio::spawn(accept(listener, state.clone(), speaks));
         }
-        FakeVendor {
+        Ok(FakeVendor {
             address,
             socks5_address,
             https_address,
             state,
-        }
+        })
     }
 }
 
@@ -293,7 +291,7 @@ impl FakeVendor {
 
     /// Every connection accepted so far.
     pub fn connections(&self) -> Vec<Arc<ConnectionBook>> {
-        self.state.connections.lock().expect("books").clone()
+        crate::unpoisoned(&self.state.connections).clone()
     }
 
     /// Bytes read from the meter over all connections.
@@ -312,33 +310,9 @@ impl FakeVendor {
             .sum()
     }
 
-    /// Whether the meter's byte counters (all series) equal this vendor's book yet.
-    pub fn books_match(&self, scrape: &pt_metrics::exposition::Scrape) -> bool {
-        scrape.sum("proxy_sent_bytes_total", &[]) == self.bytes_from_meter()
-            && scrape.sum("proxy_received_bytes_total", &[]) == self.bytes_to_meter()
-    }
-
-    /// Asserts that the meter's byte counters over the series with `labels` equal, to the
-    /// byte, what this vendor read from and wrote to the meter.
-    #[track_caller]
-    pub fn assert_metered_exactly(
-        &self,
-        scrape: &pt_metrics::exposition::Scrape,
-        labels: &[(&str, &str)],
-    ) {
-        assert_eq!(
-            (
-                scrape.sum("proxy_sent_bytes_total", labels),
-                scrape.sum("proxy_received_bytes_total", labels)
-            ),
-            (self.bytes_from_meter(), self.bytes_to_meter()),
-            "the meter's (sent, received) bytes vs the vendor's book"
-        );
-    }
-
     /// Every request seen, in arrival order.
     pub fn requests(&self) -> Vec<SeenRequest> {
-        self.state.requests.lock().expect("requests").clone()
+        crate::unpoisoned(&self.state.requests).clone()
     }
 
     /// The exchanges of every non-tunnel connection.
@@ -359,7 +333,7 @@ async fn accept(listener: TcpListener, state: Arc<State>, speaks: Speaks) {
         // Like real proxies: small answers leave at once (no Nagle / delayed-ACK stalls).
         let _ = stream.set_nodelay(true);
         let book = Arc::new(ConnectionBook::default());
-        state.connections.lock().expect("books").push(book.clone());
+        crate::unpoisoned(&state.connections).push(book.clone());
         let io = Recorder {
             io: stream,
             book: book.clone(),
@@ -442,8 +416,8 @@ async fn serve_socks5(mut io: Recorder, state: &State, book: &ConnectionBook) ->
     io.read_exact(&mut port).await?;
     let port = u16::from_be_bytes(port);
     let target = format!("{host}:{port}");
-    book.targets.lock().expect("book").push(target.clone());
-    state.requests.lock().expect("requests").push(SeenRequest {
+    crate::unpoisoned(&book.targets).push(target.clone());
+    crate::unpoisoned(&state.requests).push(SeenRequest {
         method: "SOCKS5".into(),
         target,
         headers: vec![format!("socks5-username: {username}")],
@@ -499,8 +473,8 @@ async fn handle(
     book: &ConnectionBook,
 ) -> Response<VendorBody> {
     let target = request.uri().to_string();
-    book.targets.lock().expect("book").push(target.clone());
-    state.requests.lock().expect("requests").push(SeenRequest {
+    crate::unpoisoned(&book.targets).push(target.clone());
+    crate::unpoisoned(&state.requests).push(SeenRequest {
         method: request.method().to_string(),
         target,
         headers: request

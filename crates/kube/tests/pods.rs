@@ -272,11 +272,12 @@ fn a_shared_meter_labels_each_connection_with_the_pod_behind_its_source_ip() {
         .await;
 
         let pki = TestPki::new(&["shop-a.test"]);
-        let origin = Origin::start(&pki).await;
+        let origin = Origin::start(&pki).await.unwrap();
         let vendor = FakeVendor::builder()
             .route("shop-a.test", &origin)
             .start()
-            .await;
+            .await
+            .unwrap();
         let meter = MeterSetup::new()
             .vendor("vendor-a", &vendor, None)
             .yaml("identity:\n  from: kubernetes\n")

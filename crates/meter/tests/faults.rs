@@ -6,6 +6,7 @@
 mod support;
 
 use pt_load::client::ProxyEndpoint;
+use pt_testkit::VendorBooks;
 use pt_testkit::meter::MeterSetup;
 use pt_testkit::vendor::{FakeVendor, Fault, RESET_AFTER};
 use support::{connect, get};
@@ -65,7 +66,8 @@ async fn a_vendor_407_becomes_502_vendor_auth_without_the_challenge() {
     let vendor = FakeVendor::builder()
         .fault(Fault::AlwaysDenyAuth)
         .start()
-        .await;
+        .await
+        .unwrap();
     let meter = meter_with(&vendor.address.to_string(), "").await;
     let proxy = ProxyEndpoint::new(meter.proxy());
     let answer = get(&proxy, "shop-a.test").await;
@@ -93,7 +95,8 @@ async fn a_vendor_reset_mid_body_is_counted_as_reset_with_every_byte_that_arrive
     let vendor = FakeVendor::builder()
         .fault(Fault::ResetMidBody)
         .start()
-        .await;
+        .await
+        .unwrap();
     let meter = meter_with(&vendor.address.to_string(), "").await;
     let proxy = ProxyEndpoint::new(meter.proxy());
 
@@ -128,7 +131,11 @@ async fn a_vendor_reset_mid_body_is_counted_as_reset_with_every_byte_that_arrive
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_vendor_times_out_with_504() {
-    let vendor = FakeVendor::builder().fault(Fault::Blackhole).start().await;
+    let vendor = FakeVendor::builder()
+        .fault(Fault::Blackhole)
+        .start()
+        .await
+        .unwrap();
     let meter = meter_with(
         &vendor.address.to_string(),
         "limits:\n  response_timeout: 300ms",
@@ -201,7 +208,7 @@ async fn a_vendor_that_closes_kept_alive_connections_fails_no_request() {
     // second one arrives on it (a keep-alive timeout firing as the request comes in): every such
     // request is sent again on a fresh connection; the failed attempts' bytes stay counted.
     for fault in [Fault::DropSecondRequest, Fault::CloseAfterResponse] {
-        let vendor = FakeVendor::builder().fault(fault).start().await;
+        let vendor = FakeVendor::builder().fault(fault).start().await.unwrap();
         let meter = meter_with(&vendor.address.to_string(), "").await;
         let proxy = ProxyEndpoint::new(meter.proxy());
         let statuses = keep_alive_gets(&proxy, 1000).await;
@@ -231,7 +238,11 @@ async fn a_vendor_that_closes_kept_alive_connections_fails_no_request() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_truncated_body_is_a_vendor_cut_with_every_byte_counted_and_logged() {
-    let vendor = FakeVendor::builder().fault(Fault::Truncated).start().await;
+    let vendor = FakeVendor::builder()
+        .fault(Fault::Truncated)
+        .start()
+        .await
+        .unwrap();
     let meter = meter_with(&vendor.address.to_string(), "").await;
     let proxy = ProxyEndpoint::new(meter.proxy());
     let answer = get(&proxy, "shop-a.test").await;
@@ -261,7 +272,8 @@ async fn a_vendors_own_error_status_reaches_the_client_as_an_answer() {
     let vendor = FakeVendor::builder()
         .fault(Fault::Status(503))
         .start()
-        .await;
+        .await
+        .unwrap();
     let meter = meter_with(&vendor.address.to_string(), "").await;
     let proxy = ProxyEndpoint::new(meter.proxy());
     let statuses = keep_alive_gets(&proxy, 3).await;

@@ -4,6 +4,7 @@
 
 mod support;
 
+use pt_testkit::VendorBooks;
 use pt_testkit::paths::Path;
 use support::{counters, world};
 

@@ -12,6 +12,7 @@ use std::time::Duration;
 use http_body_util::BodyExt;
 use hyper_util::rt::TokioIo;
 use pt_load::client::{self, ProxyEndpoint};
+use pt_testkit::VendorBooks;
 use pt_testkit::meter::{MeterSetup, TestMeter};
 use pt_testkit::paths::absolute;
 use pt_testkit::vendor::{FakeVendor, Fault};
@@ -286,9 +287,9 @@ async fn scenario(
     for front in FRONTS {
         let Some(want) = expect(front) else { continue };
         let pki = pt_testkit::pki::TestPki::new(&support::HOSTS);
-        let origin = pt_testkit::origin::Origin::start(&pki).await;
+        let origin = pt_testkit::origin::Origin::start(&pki).await.unwrap();
         let vendor = match fault {
-            Some(fault) => FakeVendor::builder().fault(fault).start().await,
+            Some(fault) => FakeVendor::builder().fault(fault).start().await.unwrap(),
             None => vendor_for(&origin).await,
         };
         let meter = meter(vendor.address).await;
@@ -326,7 +327,7 @@ async fn a_request_the_meter_refuses_is_rejected_and_not_carried() {
     let mut failures = Vec::new();
     for front in FRONTS {
         let pki = pt_testkit::pki::TestPki::new(&support::HOSTS);
-        let origin = pt_testkit::origin::Origin::start(&pki).await;
+        let origin = pt_testkit::origin::Origin::start(&pki).await.unwrap();
         let vendor = vendor_for(&origin).await;
         let meter = meter(vendor.address).await;
         let proxy = ProxyEndpoint::new(meter.proxy());

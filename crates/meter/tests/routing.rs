@@ -23,7 +23,7 @@ struct Two {
 
 async fn two_vendors(extra: &str, listeners: &[Option<&str>]) -> Two {
     let pki = TestPki::new(&HOSTS);
-    let origin = Origin::start(&pki).await;
+    let origin = Origin::start(&pki).await.unwrap();
     let (a, b) = (vendor_for(&origin).await, vendor_for(&origin).await);
     let meter = MeterSetup::new()
         .listeners(listeners)

@@ -28,7 +28,8 @@ async fn canary_credentials_appear_only_where_they_belong() {
     let denying = FakeVendor::builder()
         .fault(Fault::AlwaysDenyAuth)
         .start()
-        .await;
+        .await
+        .unwrap();
     let meter = MeterSetup::new()
         .vendor("vendor-a", &world.vendor, Some(VENDOR_PASSWORD))
         .vendor("vendor-denies", &denying, Some(VENDOR_PASSWORD))
@@ -229,7 +230,7 @@ async fn connect_only_reaches_allowed_ports() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_credentials_are_required_when_configured() {
     let pki = pt_testkit::pki::TestPki::new(&support::HOSTS);
-    let origin = pt_testkit::origin::Origin::start(&pki).await;
+    let origin = pt_testkit::origin::Origin::start(&pki).await.unwrap();
     let vendor = support::vendor_for(&origin).await;
     let meter = MeterSetup::new()
         .vendor("vendor-a", &vendor, Some(VENDOR_PASSWORD))

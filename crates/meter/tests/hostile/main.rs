@@ -24,6 +24,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use pt_testkit::VendorBooks;
 use pt_testkit::meter::MeterSetup;
 use support::{VENDOR_PASSWORD, world};
 
@@ -138,7 +139,7 @@ async fn the_meter_never_proxies_to_itself_whatever_the_allow_list_says() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_open_proxy_is_refused_to_clients_without_the_password() {
     let pki = pt_testkit::pki::TestPki::new(&support::HOSTS);
-    let origin = pt_testkit::origin::Origin::start(&pki).await;
+    let origin = pt_testkit::origin::Origin::start(&pki).await.unwrap();
     let vendor = support::vendor_for(&origin).await;
     let meter = MeterSetup::new()
         .vendor("vendor-a", &vendor, Some(VENDOR_PASSWORD))
@@ -387,14 +388,16 @@ async fn broken_vendors_get_fast_answers_with_every_byte_counted() {
     let mut count = 0;
     for (fault, get, connect) in vendors::faults() {
         let vendor = match fault {
-            Some(fault) => {
-                pt_testkit::vendor::FakeVendor::builder()
-                    .fault(fault)
-                    .start()
-                    .await
-            }
+            Some(fault) => pt_testkit::vendor::FakeVendor::builder()
+                .fault(fault)
+                .start()
+                .await
+                .unwrap(),
             // A vendor that refuses connections: bound, then closed.
-            None => pt_testkit::vendor::FakeVendor::builder().start().await,
+            None => pt_testkit::vendor::FakeVendor::builder()
+                .start()
+                .await
+                .unwrap(),
         };
         let address = match fault {
             Some(_) => vendor.address,
@@ -466,12 +469,13 @@ async fn broken_vendors_get_fast_answers_with_every_byte_counted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn credential_canaries_appear_nowhere_they_do_not_belong() {
     let pki = pt_testkit::pki::TestPki::new(&support::HOSTS);
-    let origin = pt_testkit::origin::Origin::start(&pki).await;
+    let origin = pt_testkit::origin::Origin::start(&pki).await.unwrap();
     let vendor = support::vendor_for(&origin).await;
     let denying = pt_testkit::vendor::FakeVendor::builder()
         .fault(pt_testkit::vendor::Fault::AlwaysDenyAuth)
         .start()
-        .await;
+        .await
+        .unwrap();
     let meter = MeterSetup::new()
         .vendor("vendor-a", &vendor, Some(VENDOR_PASSWORD))
         .vendor("vendor-denies", &denying, Some(VENDOR_PASSWORD))

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use pt_load::client::{ProxyEndpoint, WireCounters};
 use pt_metrics::exposition::Scrape;
+use pt_testkit::VendorBooks;
 use pt_testkit::meter::{MeterSetup, TestMeter};
 use pt_testkit::origin::Origin;
 use pt_testkit::pki::TestPki;
@@ -33,7 +34,7 @@ pub struct World {
 /// that vendor as its default, plus `extra` YAML.
 pub async fn world(extra: &str) -> World {
     let pki = TestPki::new(&HOSTS);
-    let origin = Origin::start(&pki).await;
+    let origin = Origin::start(&pki).await.unwrap();
     let vendor = vendor_for(&origin).await;
     let meter = MeterSetup::new()
         .vendor("vendor-a", &vendor, Some(VENDOR_PASSWORD))
@@ -56,7 +57,7 @@ pub async fn vendor_for(origin: &Origin) -> FakeVendor {
     for host in HOSTS {
         builder = builder.route(host, origin);
     }
-    builder.start().await
+    builder.start().await.unwrap()
 }
 
 impl World {

@@ -604,6 +604,23 @@ async fn read_head(io: &mut Recorder) -> Option<Vec<u8>> {
     Some(head)
 }
 
+/// How long a closing fake vendor keeps booking what still arrives: a meter closes its side as
+/// soon as it reads the FIN, within milliseconds even on a loaded machine.
+const CLOSE_BOOKING: Duration = Duration::from_secs(5);
+
+/// After its FIN, books what the meter still sends until the meter closes too: a request the
+/// meter wrote before it saw the FIN reached this host, and a tap on the wire counts it. (Closing
+/// at once would reset such bytes unread, and the book would depend on which side was faster.)
+async fn book_until_closed(io: &mut Recorder) {
+    let mut buf = [0u8; 4096];
+    let until = tokio::time::Instant::now() + CLOSE_BOOKING;
+    while let Ok(Ok(n)) = tokio::time::timeout_at(until, io.read(&mut buf)).await {
+        if n == 0 {
+            break;
+        }
+    }
+}
+
 /// The answer of the raw fault modes.
 const HELLO: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello";
 
@@ -654,11 +671,13 @@ async fn misbehave(mut io: Recorder, fault: Fault) {
         Fault::DropSecondRequest => {
             if io.write_all(HELLO).await.is_ok() && read_head(&mut io).await.is_some() {
                 let _ = io.shutdown().await;
+                book_until_closed(&mut io).await;
             }
         }
         Fault::CloseAfterResponse => {
             let _ = io.write_all(HELLO).await;
             let _ = io.shutdown().await;
+            book_until_closed(&mut io).await;
         }
         Fault::Truncated => {
             let _ = io

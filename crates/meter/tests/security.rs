@@ -405,13 +405,21 @@ async fn open_connections(meter: &TestMeter, n: u64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn at_the_cap_idle_connections_make_room_and_busy_ones_get_a_counted_503() {
     let world = world("limits:\n  max_connections: 2").await;
-    // Two connections in the middle of a request head: busy.
+    // Two connections in the middle of an upload: busy. Once the vendor has seen both requests
+    // the meter is certainly working on them (a connection that has only just been accepted may
+    // not have read its first bytes yet, and then counts as idle).
     let mut first = TcpStream::connect(world.meter.proxy()).await.unwrap();
     let mut second = TcpStream::connect(world.meter.proxy()).await.unwrap();
     for stream in [&mut first, &mut second] {
-        stream.write_all(b"GET http://shop-a.test/").await.unwrap();
+        stream
+            .write_all(
+                b"POST http://shop-a.test/upload HTTP/1.1\r\nHost: shop-a.test\r\n\
+                  Content-Length: 100\r\n\r\n0123456789",
+            )
+            .await
+            .unwrap();
     }
-    open_connections(&world.meter, 2).await;
+    support::settle(|| async { (world.vendor.connections().len() == 2, ()) }).await;
     let answer = raw(&world.meter, b"").await;
     assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
     assert!(answer.contains("overloaded"));

@@ -292,3 +292,11 @@ def test_injected_pods_are_scraped_by_both_prometheus_modes(chart, webhook):
     selected = monitor["spec"]["selector"]["matchLabels"]
     assert selected.items() <= pod["metadata"]["labels"].items()
     assert monitor["spec"]["podMetricsEndpoints"][0]["port"] in port_names
+
+
+def test_the_nodes_iptables_backend_reaches_the_injected_init_container():
+    from test_deploy import values
+    injector = values("injector")["injector"]
+    docs, _ = render("injector", {"injector": {**injector, "capture": {"iptables": "iptables-legacy"}}})
+    [config] = [d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"].endswith("-injector")]
+    assert yaml.safe_load(config["data"]["injector.yaml"])["capture"]["iptables"] == "iptables-legacy"

@@ -66,7 +66,7 @@ pub struct InjectorConfig {
 }
 
 /// What the init container redirects (see `init-iptables --help`).
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CaptureOptions {
     /// Only the vendor endpoints' literal addresses, rather than every address at their ports.
@@ -79,6 +79,27 @@ pub struct CaptureOptions {
     pub exclude_cidrs: Vec<String>,
     #[serde(default)]
     pub exclude_ports: Vec<u16>,
+    /// The iptables backend of the nodes: `iptables` (the image's default, nf_tables) or
+    /// `iptables-legacy` (nodes whose kernel rules are still legacy: mixing the two leaves the
+    /// redirect in a table the kernel does not consult).
+    #[serde(default = "default_iptables")]
+    pub iptables: String,
+}
+
+fn default_iptables() -> String {
+    "iptables".into()
+}
+
+impl Default for CaptureOptions {
+    fn default() -> Self {
+        CaptureOptions {
+            by_address: false,
+            all: false,
+            exclude_cidrs: Vec::new(),
+            exclude_ports: Vec::new(),
+            iptables: default_iptables(),
+        }
+    }
 }
 
 fn default_pull_policy() -> String {
@@ -425,6 +446,9 @@ impl Injector {
         }
         for port in &c.capture.exclude_ports {
             args.extend(["--exclude-port".to_owned(), port.to_string()]);
+        }
+        if c.capture.iptables != default_iptables() {
+            args.extend(["--iptables".to_owned(), c.capture.iptables.clone()]);
         }
         let mut container = json!({
             "name": INIT_CONTAINER,

@@ -328,3 +328,22 @@ fn the_webhook_answers_over_https_as_the_api_server_calls_it() {
         let _ = std::fs::remove_dir_all(&dir);
     });
 }
+
+#[test]
+fn nodes_on_the_legacy_iptables_backend_get_the_legacy_tools_in_the_init_container() {
+    let legacy = CONFIG.replace("  iptables: iptables\n", "  iptables: iptables-legacy\n");
+    assert_ne!(legacy, CONFIG, "the example names the backend");
+    let injector = Injector::from_yaml(&legacy, &Default::default()).unwrap();
+    let (_, pod) = answer(&injector, &review("CREATE", "Pod", crawler_pod()));
+    let pod = pod.expect("a patch");
+    assert_eq!(
+        pod["spec"]["initContainers"][0]["args"],
+        json!([
+            "init-iptables",
+            "--exclude-uid",
+            "2102",
+            "--iptables",
+            "iptables-legacy"
+        ])
+    );
+}

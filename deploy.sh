@@ -129,6 +129,7 @@ metadata:
 data:
   secretName: {{ $credentials.secretName | toJson }}
   createDemoSecret: {{ $credentials.createDemoSecret | toJson }}
+  passwordKeys: "{{ range .Values.vendors }}{{ if .username }}{{ .passwordKey | default (printf "%s-password" .name) }} {{ end }}{{ end }}"
 EOF
 rendered=$(helm template deploy-sh-probe "$probe" ${values[@]+"${values[@]}"}) \
   || die "helm could not read the values files (its message is above)"
@@ -142,17 +143,27 @@ name_re='^"([a-z0-9]([-a-z0-9.]*[a-z0-9])?)"$'
   || die "credentials.secretName is ${secret_json:-unset}: not a Secret name (lower-case letters, digits, '-' and '.')"
 secret=${BASH_REMATCH[1]}
 
-kubectl version >/dev/null 2>&1 || die "no cluster reachable with the current kubeconfig (try scripts/bootstrap-cluster.sh)"
+# An unreachable API server answers nothing: give up after this long rather than hang.
+timeout=(--request-timeout=15s)
+kubectl version "${timeout[@]}" >/dev/null 2>&1 || die "no cluster reachable with the current kubeconfig (try scripts/bootstrap-cluster.sh)"
 
 if [[ $(probed createDemoSecret) == true ]]; then
   say "The chart creates the vendor credentials Secret $secret (credentials.createDemoSecret)"
-elif ! kubectl -n "$namespace" get secret "$secret" >/dev/null 2>&1; then
-  {
-    echo "The vendor credentials Secret \"$secret\" does not exist in namespace \"$namespace\". Create it, e.g.:"
-    echo "  kubectl create namespace $namespace --dry-run=client -o yaml | kubectl apply -f -"
-    echo "  kubectl -n $namespace create secret generic $secret --from-literal=vendor-a-password=... --from-literal=vendor-b-password=..."
-  } >&2
-  die "missing vendor credentials: Secret $secret in namespace $namespace"
+elif ! failure=$(kubectl -n "$namespace" get secret "$secret" "${timeout[@]}" 2>&1 >/dev/null); then
+  if [[ $failure == *NotFound* || $failure == *"not found"* ]]; then
+    keys=$(probed passwordKeys | tr -d '"')
+    {
+      echo "The vendor credentials Secret \"$secret\" does not exist in namespace \"$namespace\". Create it, e.g.:"
+      echo "  kubectl create namespace $namespace --dry-run=client -o yaml | kubectl apply -f -"
+      printf '  kubectl -n %s create secret generic %s' "$namespace" "$secret"
+      for key in $keys; do printf ' --from-literal=%s=...' "$key"; done
+      echo
+    } >&2
+    die "missing vendor credentials: Secret $secret in namespace $namespace"
+  fi
+  # Forbidden (this user may not read Secrets), a timeout: the check cannot say, the install may
+  # still be right. The meters will not start without the Secret.
+  say "warning: could not check the Secret \"$secret\" in namespace \"$namespace\" ($failure); continuing" >&2
 fi
 
 say "helm upgrade --install $release ($chart) in namespace $namespace"

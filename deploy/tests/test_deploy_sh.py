@@ -93,11 +93,16 @@ while rest:
         namespace = rest.pop(0)
     elif arg.startswith("--namespace="):
         namespace = arg.split("=", 1)[1]
+    elif arg.startswith("--request-timeout="):
+        pass
     else:
         words.append(arg)
 if words[:1] == ["version"]:
     print("Client Version: v1.30.0\nServer Version: v1.30.0")
 elif words[:2] == ["get", "secret"] and len(words) == 3:
+    if os.environ.get("STUB_FORBIDDEN"):
+        sys.exit(f'Error from server (Forbidden): secrets "{{words[2]}}" is forbidden: User "ci" '
+                 f'cannot get resource "secrets" in API group "" in the namespace "{{namespace}}"')
     if f"{{namespace}}/{{words[2]}}" not in os.environ["STUB_SECRETS"].split():
         sys.exit(f'Error from server (NotFound): secrets "{{words[2]}}" not found')
     print(f"NAME {{words[2]}}")
@@ -157,13 +162,15 @@ class Deploy:
         path.write_text(text)
         return path
 
-    def run(self, *args, argv0=None, shell=None, stdin=None, cwd=None):
-        """Runs `deploy.sh ARGS` (or `bash -c SHELL deploy.sh`) from the caller's directory."""
+    def run(self, *args, argv0=None, shell=None, stdin=None, cwd=None, forbidden=False):
+        """Runs `deploy.sh ARGS` (or `bash -c SHELL deploy.sh`) from the caller's directory;
+        `forbidden`: the stub's user may not read Secrets."""
         self.log.write_text("")
         script = str(self.repo / "deploy.sh") if argv0 is None else argv0
         command = ["bash", "-c", shell, script] if shell else [script, *args]
         env = {**os.environ, "PATH": f"{self.bin}{os.pathsep}{os.environ['PATH']}",
-               "STUB_LOG": str(self.log), "STUB_SECRETS": " ".join(self.secrets)}
+               "STUB_LOG": str(self.log), "STUB_SECRETS": " ".join(self.secrets),
+               **({"STUB_FORBIDDEN": "1"} if forbidden else {})}
         done = subprocess.run(command, cwd=cwd or self.caller, env=env, input=stdin or "",
                               capture_output=True, text=True, timeout=60)
         calls = [json.loads(line) for line in self.log.read_text().splitlines()]
@@ -316,3 +323,33 @@ def test_values_from_process_substitution_reach_helm(deploy):
 
     assert run.secret_checks() == [("monitoring", "piped-secret")]
     assert [text for _, text in values_passed(run.upgrade())] == [values]
+
+
+def test_the_create_command_names_every_vendors_password_key(deploy):
+    path = deploy.write("values.yaml", "credentials: {secretName: my-secret}\nvendors:\n"
+                                       "  - {name: alpha, url: 'http://a:1', username: u}\n"
+                                       "  - {name: beta, url: 'http://b:1', username: u, passwordKey: beta-key}\n"
+                                       "  - {name: open, url: 'http://c:1'}\n")
+    deploy.secrets = []
+
+    run = deploy.run("-n", "crawl", "-f", str(path))
+
+    assert run.returncode != 0
+    assert ("kubectl -n crawl create secret generic my-secret --from-literal=alpha-password=... "
+            "--from-literal=beta-key=...\n") in run.stderr
+
+
+def test_a_user_who_may_not_read_secrets_is_warned_not_stopped(deploy):
+    run = deploy.run("-n", "crawl", forbidden=True)
+
+    assert run.returncode == 0, run.stderr
+    assert "could not check the Secret" in run.stderr and "Forbidden" in run.stderr
+    assert "does not exist" not in run.stderr
+    assert len(run.upgrades()) == 1
+
+
+def test_every_cluster_call_has_a_timeout(deploy):
+    run = deploy.run("-n", "crawl")
+
+    kubectl = [c["argv"] for c in run.calls if c["tool"] == "kubectl"]
+    assert kubectl and all(any(a.startswith("--request-timeout=") for a in argv) for argv in kubectl), kubectl

@@ -243,17 +243,17 @@ HEALTH = render(
         panel("Vendor errors by reason", "timeseries", [(
             f"vendor_reason:proxy_upstream_errors:rate5m{{{VENDOR}}}", "{{proxy_vendor}} {{reason}}")], "reqps",
               description=VENDOR_ONLY),
-        panel("Refused requests by reason", "timeseries", [("reason:proxy_rejected_requests:rate5m", "{{reason}}")], "reqps",
+        panel("Refused requests by reason", "timeseries", [(f"reason:proxy_rejected_requests:rate5m{{{CLUSTER}}}", "{{reason}}")], "reqps",
               description="Refused by the meter before anything was forwarded (policy, credentials, limits)."),
         panel("Active tunnels", "timeseries", [(f"vendor:proxy_active_tunnels:sum{{{VENDOR}}}", "{{proxy_vendor}}")],
               description=VENDOR_ONLY),
         panel("Tunnels by inner protocol", "timeseries", [(
             f"vendor_inner:proxy_tunnels:rate5m{{{VENDOR}}}", "{{proxy_vendor}} {{inner}}")], "reqps",
               description="From the TLS ClientHello inside each tunnel. " + VENDOR_ONLY),
-        panel("Meters up", "stat", [(zero_if_none("sum(job:up:sum)"), "")], w=6, h=4),
-        panel("Meters down", "stat", [(zero_if_none("sum(job:up:count) - sum(job:up:sum)"), "")], w=6, h=4),
-        panel("Open client connections", "stat", [(zero_if_none("sum(job:proxy_open_connections:sum)"), "")], w=6, h=4),
-        panel("Meter versions", "stat", [("version:proxy_build_info:count", "{{version}}")], w=6, h=4),
+        panel("Meters up", "stat", [(zero_if_none(f"sum(job:up:sum{{{CLUSTER}}})"), "")], w=6, h=4),
+        panel("Meters down", "stat", [(zero_if_none(f"sum(job:up:count{{{CLUSTER}}}) - sum(job:up:sum{{{CLUSTER}}})"), "")], w=6, h=4),
+        panel("Open client connections", "stat", [(zero_if_none(f"sum(job:proxy_open_connections:sum{{{CLUSTER}}})"), "")], w=6, h=4),
+        panel("Meter versions", "stat", [(f"sum by (version) (version:proxy_build_info:count{{{CLUSTER}}})", "{{version}}")], w=6, h=4),
     ],
 )
 
@@ -281,8 +281,10 @@ COST = render(
               description="From the 1st of this month (UTC); for cycles starting on another day, and for the fee "
                           "and included traffic, use `proxy-telemetry report`."),
         panel("Budget used by a cycle at the last day's pace", "bargauge", [(
-            f"vendor:proxy_spend:rate1d{{{VENDOR}}} * 30 * 86400 "
-            f"/ on (proxy_vendor, currency) vendor:proxy_vendor_monthly_budget:max", "{{proxy_vendor}}")],
+            f"sum by (proxy_vendor, currency) (vendor:proxy_spend:rate1d{{{VENDOR}}}) * 30 * 86400 "
+            # One vendor account, one budget, whichever clusters spend it.
+            f"/ on (proxy_vendor, currency) max by (proxy_vendor, currency) "
+            f"(vendor:proxy_vendor_monthly_budget:max{{{VENDOR}}})", "{{proxy_vendor}}")],
               "percentunit", w=8, h=5, instant=True,
               description="Per vendor (budgets are per vendor: namespace and workload filters do not apply). Over "
                           "100%: ProxyVendorBudgetSlowBurn fires after an hour."),

@@ -309,9 +309,12 @@ def test_dashboards_have_the_required_structure():
             for target in panel["targets"]:
                 expr = target["expr"]
                 raw_rates = re.findall(r"rate\(proxy_[a-z_]+(?:\{[^}]*\})?\[([^\]]+)\]", expr)
-                # Many clusters' Prometheus write to one store: every vendor selection is per cluster.
-                for matchers in re.findall(r"\{([^}]*proxy_vendor=~[^}]*)\}", expr):
-                    assert 'cluster=~"$cluster"' in matchers, (path.name, panel["title"], expr)
+                # Many clusters' Prometheus write to one store: every series a panel reads is
+                # selected by cluster (a recorded one's name has a colon).
+                selections = re.findall(r"\b([a-z_]+(?::[a-z0-9_]+)+)(\{[^}]*\})?", expr)
+                selections += re.findall(r"\b(proxy_[a-z_]+_(?:total|bucket))(\{[^}]*\})?", expr)
+                for name, matchers in selections:
+                    assert 'cluster=~"$cluster"' in matchers, (path.name, panel["title"], name, expr)
                 assert all(window == "$__rate_interval" for window in raw_rates), (path.name, panel["title"])
     assert len(uids) == 5
 
@@ -719,3 +722,46 @@ def test_native_sidecars_are_refused_on_clusters_older_than_1_29():
     assert "sidecar.native needs Kubernetes 1.29" in " ".join(failures("sidecar-only", "v1.28.9", native))
     assert failures("sidecar-only", "v1.28.9") == []  # its sidecars are regular containers
     assert failures("default", "v1.25.0") == []
+
+
+@pytest.mark.parametrize("extra, message", [
+    ({"gateway": {"hpa": {"enabled": True, "minReplicas": 4, "maxReplicas": 3}}}, "minReplicas (4) is above"),
+    ({"gateway": {"extraEnv": [{"name": "POD_NAME", "value": "x"}]}}, "extraEnv sets POD_NAME"),
+    ({"prometheus": {"bundled": {"remoteWrite": [{"url": "http://a/", "name": "lts"},
+                                                 {"url": "http://b/", "name": "lts"}]}}}, 'two entries named "lts"'),
+], ids=["hpa-min-above-max", "extra-env-duplicate", "remote-write-names"])
+def test_values_the_api_server_or_prometheus_would_refuse_are_refused_at_render(extra, message):
+    with pytest.raises(Exception, match=re.escape(message)):
+        render("default", extra)
+
+
+def test_a_missing_remote_write_secret_never_stops_prometheus():
+    docs, _ = render("default", {"prometheus": {"bundled": {"remoteWrite": [
+        {"url": "http://a/", "bearerToken": {"secret": {"name": "lts-token", "key": "token"}}}]}}})
+    [deployment] = [d for d in kinds(docs, "Deployment") if d["metadata"]["name"].endswith("-prometheus")]
+    [volume] = [v for v in pod_spec(deployment)["volumes"] if v.get("secret", {}).get("secretName") == "lts-token"]
+    assert volume["secret"]["optional"] is True
+
+
+def test_injection_can_require_privileged_namespaces_and_survives_a_cleared_selector():
+    injector = values("injector")["injector"]
+    def selector(**overrides):
+        docs, _ = render("injector", {"injector": {**injector, **overrides}})
+        [webhook] = kinds(docs, "MutatingWebhookConfiguration")
+        return webhook["webhooks"][0]["namespaceSelector"]
+    assert {"key": "pod-security.kubernetes.io/enforce", "operator": "In", "values": ["privileged"]} \
+        in selector(requirePrivilegedNamespace=True)["matchExpressions"]
+    assert selector(namespaceSelector=None) == {"matchExpressions": [
+        {"key": "pod-security.kubernetes.io/enforce", "operator": "NotIn", "values": ["baseline", "restricted"]}]}
+
+
+def test_the_demo_credentials_checksum_is_the_one_an_upgrade_computes_from_the_secret():
+    """Rendered without a cluster the checksum hashes the demo passwords in the Secret's own form
+    (base64 values), so the first upgrade, which reads the Secret, restarts nothing."""
+    import base64
+    import hashlib
+    passwords = values("demo")["credentials"]["demoPasswords"]
+    docs, _ = render("demo")
+    data = {k: base64.b64encode(v.encode()).decode() for k, v in sorted(passwords.items())}
+    expected = hashlib.sha256(json.dumps(data, separators=(",", ":")).encode()).hexdigest()
+    assert annotations(docs, "-gateway")["checksum/credentials"] == expected

@@ -375,7 +375,9 @@ when the chart makes the Secret, else nothing (docs/deployment.md, "Vendor crede
 {{- if and $secret $secret.data -}}
 {{ toJson $secret.data | sha256sum }}
 {{- else if .Values.credentials.createDemoSecret -}}
-{{ toJson .Values.credentials.demoPasswords | sha256sum }}
+{{- $data := dict -}}
+{{- range $key, $value := .Values.credentials.demoPasswords }}{{ $_ := set $data $key ($value | toString | b64enc) }}{{ end -}}
+{{ toJson $data | sha256sum }}
 {{- end -}}
 {{- end -}}
 
@@ -448,6 +450,35 @@ starts: refuse to render instead.
 {{- end -}}
 {{- if and $old .Values.sidecar.native .Values.loadGenerator.enabled (eq .Values.loadGenerator.via "sidecar") -}}
 {{- fail (printf "sidecar.native needs Kubernetes 1.29 or later; this cluster is %s: set sidecar.native=false" .Capabilities.KubeVersion.Version) -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+gateway.extraEnv must not name a variable the chart sets: a duplicate name is dropped on a later
+upgrade by Helm 3's merge, and refused by server-side apply.
+*/}}
+{{- define "proxy-telemetry.checkExtraEnv" -}}
+{{- $reserved := list "POD_NAME" "POD_NAMESPACE" -}}
+{{- range .Values.vendors }}{{ if .username }}{{ $reserved = append $reserved (include "proxy-telemetry.passwordEnv" .) }}{{ end }}{{ end -}}
+{{- range .Values.gateway.extraEnv -}}
+{{- if has .name $reserved -}}
+{{- fail (printf "gateway.extraEnv sets %s, which the chart sets itself" .name) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+The remote_write entries' names must differ: Prometheus refuses a configuration with two of the
+same name (and the default names are unique).
+*/}}
+{{- define "proxy-telemetry.checkRemoteWrite" -}}
+{{- $seen := dict -}}
+{{- range $i, $rw := .Values.prometheus.bundled.remoteWrite -}}
+{{- $name := $rw.name | default (printf "remote-write-%d" $i) -}}
+{{- if hasKey $seen $name -}}
+{{- fail (printf "prometheus.bundled.remoteWrite has two entries named %q" $name) -}}
+{{- end -}}
+{{- $_ := set $seen $name true -}}
 {{- end -}}
 {{- end -}}
 

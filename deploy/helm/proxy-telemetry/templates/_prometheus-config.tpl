@@ -14,6 +14,7 @@ prometheus.yml: |
       {{ $label }}: {{ $value | quote }}
       {{- end }}
     {{- end }}
+  {{- include "proxy-telemetry.checkRemoteWrite" . }}
   {{- with $p.remoteWrite }}
   remote_write:
     {{- range $i, $rw := . }}

@@ -24,6 +24,8 @@ command -v victoria-metrics >/dev/null || packages+=(victoria-metrics)
 # deploy/tests/test_images.py builds the images without a Docker engine (scripts/build-images.sh).
 command -v podman >/dev/null || packages+=(podman)
 command -v buildah >/dev/null || packages+=(buildah)
+# The meter image carries the CA bundle (scripts/build-images.sh).
+[ -f /etc/ssl/certs/ca-certificates.crt ] || packages+=(ca-certificates)
 if ((${#packages[@]})); then
   sudo=""; [ "$(id -u)" -ne 0 ] && sudo="sudo"
   echo "installing ${packages[*]} (Debian packages)"

@@ -10,10 +10,6 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 /// The label the ReplicaSet controller stamps on its pods and appends to its own name.
 const POD_TEMPLATE_HASH: &str = "pod-template-hash";
 
-/// A CronJob names its Jobs `<cronjob>-<minutes since the epoch>`: eight digits or more
-/// from 1973 until long after anyone reads this.
-const CRONJOB_SUFFIX_MIN_DIGITS: usize = 8;
-
 /// The workload's name, or `None` when the pod has neither an owner nor a name yet.
 pub fn workload_of(meta: &ObjectMeta) -> Option<String> {
     let owners = meta.owner_references.as_deref().unwrap_or_default();
@@ -42,15 +38,7 @@ pub fn workload_of(meta: &ObjectMeta) -> Option<String> {
             .and_then(|hash| name.strip_suffix(hash.as_str()))
             .and_then(|rest| rest.strip_suffix('-'))
             .unwrap_or(name),
-        "Job" => match name.rsplit_once('-') {
-            Some((cronjob, minutes))
-                if minutes.len() >= CRONJOB_SUFFIX_MIN_DIGITS
-                    && minutes.bytes().all(|b| b.is_ascii_digit()) =>
-            {
-                cronjob
-            }
-            _ => name,
-        },
+        "Job" => pt_metrics::workload::cronjob_of(name).unwrap_or(name),
         _ => name,
     };
     Some(workload.to_owned()).filter(|w| !w.is_empty())

@@ -28,7 +28,7 @@ impl PodResolver for FixedIdentity {
         self.resolved
             .get_or_init(|| {
                 let workload = match self.workload.as_str() {
-                    UNKNOWN => workload_from_pod_name(&self.pod),
+                    UNKNOWN => pt_metrics::workload::from_pod_name(&self.pod),
                     given => given,
                 };
                 metrics.pod(&self.namespace, workload, &self.pod)
@@ -49,72 +49,21 @@ impl PodResolver for UsernameIdentity {
         let Some(username) = username else {
             return metrics.pod(UNKNOWN, UNKNOWN, UNKNOWN);
         };
-        let parts: Vec<&str> = username.split('/').collect();
-        let (namespace, workload, pod) = match parts[..] {
-            [pod] => (self.default_namespace.as_str(), None, pod),
-            [namespace, pod] => (namespace, None, pod),
-            [namespace, workload, pod] => (namespace, Some(workload), pod),
-            _ => return metrics.pod(UNKNOWN, UNKNOWN, UNKNOWN),
-        };
+        let mut parts = username.split('/');
+        let (namespace, workload, pod) =
+            match (parts.next(), parts.next(), parts.next(), parts.next()) {
+                (Some(pod), None, _, _) => (self.default_namespace.as_str(), None, pod),
+                (Some(namespace), Some(pod), None, _) => (namespace, None, pod),
+                (Some(namespace), Some(workload), Some(pod), None) => {
+                    (namespace, Some(workload), pod)
+                }
+                _ => return metrics.pod(UNKNOWN, UNKNOWN, UNKNOWN),
+            };
         if !(is_dns_name(namespace) && is_dns_name(pod) && workload.is_none_or(is_dns_name)) {
             return metrics.pod(UNKNOWN, UNKNOWN, UNKNOWN);
         }
-        let workload = workload.unwrap_or_else(|| workload_from_pod_name(pod));
+        let workload = workload.unwrap_or_else(|| pt_metrics::workload::from_pod_name(pod));
         metrics.pod(namespace, workload, pod)
-    }
-}
-
-/// The characters Kubernetes draws generated name suffixes from (`k8s.io/apimachinery`'s
-/// `rand.String` and `SafeEncodeString`: no vowels, no 0/1/3, so no words and no look-alikes).
-const GENERATED_ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
-
-/// `generateName` suffixes (a ReplicaSet's, DaemonSet's or Job's pods) are five characters.
-const GENERATED_SUFFIX_LEN: usize = 5;
-
-/// A ReplicaSet's `pod-template-hash`: a 32-bit FNV hash in the safe alphabet, up to 10
-/// characters; older clusters made shorter ones, hence the lower bound.
-const TEMPLATE_HASH_LEN: std::ops::RangeInclusive<usize> = 6..=10;
-
-/// A CronJob names its Jobs `<cronjob>-<minutes since the epoch>`: eight digits or more.
-const CRONJOB_SUFFIX_MIN_DIGITS: usize = 8;
-
-/// The workload a pod's name implies, by the names Kubernetes' controllers give their pods:
-/// `<deployment>-<template hash>-<suffix>`, `<cronjob>-<minutes>-<suffix>`,
-/// `<daemonset or job>-<suffix>`, `<statefulset>-<ordinal>`; a name of none of these shapes is
-/// its own workload (a bare pod). What a sidecar without `POD_WORKLOAD` and a shared meter
-/// identifying pods by username have; the pod watch (`identity.from: kubernetes`) reads the
-/// owner instead. One value per pod, so a wrong guess costs no series.
-pub fn workload_from_pod_name(pod: &str) -> &str {
-    let generated = |s: &str, len: &dyn Fn(usize) -> bool| {
-        len(s.len()) && s.bytes().all(|b| GENERATED_ALPHABET.contains(&b))
-    };
-    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
-    let Some((rest, last)) = pod.rsplit_once('-') else {
-        return pod;
-    };
-    if rest.is_empty() {
-        return pod;
-    }
-    if digits(last) {
-        return rest;
-    }
-    if !generated(last, &|n| n == GENERATED_SUFFIX_LEN) {
-        return pod;
-    }
-    match rest.rsplit_once('-') {
-        Some((base, hash))
-            if !base.is_empty() && generated(hash, &|n| TEMPLATE_HASH_LEN.contains(&n)) =>
-        {
-            base
-        }
-        Some((base, minutes))
-            if !base.is_empty()
-                && minutes.len() >= CRONJOB_SUFFIX_MIN_DIGITS
-                && digits(minutes) =>
-        {
-            base
-        }
-        _ => rest,
     }
 }
 
@@ -202,29 +151,6 @@ mod tests {
                 ["unknown", "unknown", "unknown"],
                 "{hostile:?}"
             );
-        }
-    }
-
-    #[test]
-    fn a_pods_name_implies_its_workload_by_the_names_controllers_give() {
-        for (pod, workload) in [
-            // Deployment: <name>-<pod-template-hash>-<suffix>, hashes of 10 and of 6-9 characters.
-            ("shop-crawler-7d9f8b6c4d-x2k9p", "shop-crawler"),
-            ("crawler-5c6b7d8f9-abc", "crawler-5c6b7d8f9-abc"),
-            ("crawler-fb9c4t-qvz2x", "crawler"),
-            // CronJob: <cronjob>-<minutes since the epoch>-<suffix>.
-            ("nightly-crawl-29145600-w7xlz", "nightly-crawl"),
-            // DaemonSet or Job: <name>-<suffix>.
-            ("node-crawler-h7x2q", "node-crawler"),
-            // StatefulSet: <name>-<ordinal>.
-            ("crawler-db-12", "crawler-db"),
-            // Bare pods and names of no controller's shape are their own workload.
-            ("crawler", "crawler"),
-            ("crawler-alpha", "crawler-alpha"),
-            ("crawler-aeiou", "crawler-aeiou"),
-            ("-12", "-12"),
-        ] {
-            assert_eq!(workload_from_pod_name(pod), workload, "{pod}");
         }
     }
 

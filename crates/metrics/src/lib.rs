@@ -16,6 +16,7 @@ pub mod pods;
 pub mod prices;
 pub mod registry;
 pub mod spec;
+pub mod workload;
 
 pub use caps::Name;
 pub use registry::{Metrics, MetricsOptions};

@@ -455,6 +455,59 @@ fn a_crawler_talking_to_its_vendor_is_metered_exactly_on_every_path() {
 }
 
 #[test]
+fn captured_crawlers_are_admitted_as_their_vendor_would_be_not_as_the_meters_proxy_clients() {
+    // The meter asks its own proxy clients for a password and lets them tunnel only to 8443 and
+    // send plain HTTP only to 8080. A captured crawler addressed its vendor, with the vendor's
+    // credentials, and the meter connects only to that vendor: where the crawler's requests go
+    // is the vendor's to allow, so none of it is refused, and all of it is metered.
+    let password = std::env::temp_dir().join(format!(
+        "pt-transparent-client-password-{}",
+        std::process::id()
+    ));
+    std::fs::write(&password, "for-the-meters-own-clients").unwrap();
+    let rig = Rig::new(&format!(
+        "clients:\n  password_file: {}\nsecurity:\n  connect_ports: [8443]\n  http_ports: [8080]\n",
+        password.display()
+    ));
+    rig.capture(&["--exclude-mark", MARK]);
+    let proxy = rig.http_proxy();
+    assert_eq!(
+        rig.curl(&["-x", &proxy, "http://shop-a.test/bytes/1000"]),
+        Ok("200".into())
+    );
+    assert_eq!(
+        rig.curl(&["-x", &proxy, "https://news-b.test/bytes/2000"]),
+        Ok("200".into())
+    );
+    assert_eq!(
+        rig.curl(&[
+            "-x",
+            &rig.socks_proxy(),
+            "https://api.data-c.test/bytes/3000"
+        ]),
+        Ok("200".into())
+    );
+
+    let scrape = rig.settled();
+    std::fs::remove_file(&password).unwrap();
+    let pod = [
+        ("proxy_vendor", "vendor-a"),
+        ("source_namespace", "crawlers"),
+        ("source_pod", "crawler-0"),
+        ("source_workload", "crawler"),
+    ];
+    rig.vendor.assert_metered_exactly(&scrape, &pod);
+    assert_eq!(requests(&scrape, "http1", "2xx"), 1);
+    assert_eq!(requests(&scrape, "connect", "2xx"), 1);
+    assert_eq!(requests(&scrape, "socks5", "2xx"), 1);
+    assert_eq!(scrape.sum("proxy_rejected_requests_total", &[]), 0);
+    assert_eq!(
+        meter_bytes_by_destination(&scrape),
+        vendor_bytes_by_destination(&rig.vendor)
+    );
+}
+
+#[test]
 fn an_https_proxy_endpoint_is_metered_as_bytes() {
     let rig = Rig::new("");
     rig.capture(&["--exclude-mark", MARK]);

@@ -48,7 +48,7 @@ use crate::exchange::Exchange;
 use crate::failure::Outcome;
 use crate::failure::{Error, Failure};
 use crate::http1::message;
-use crate::lifecycle::{self, Admitted, ConnInfo, Request as MeterRequest};
+use crate::lifecycle::{self, Admitted, ConnInfo, Request as MeterRequest, Route};
 use crate::relay::Start;
 use crate::slots::Slot;
 use crate::tunnel;
@@ -331,8 +331,10 @@ async fn connect(
         protocol: Protocol::Connect,
         method: "CONNECT",
         target: &target,
-        proxy_authorization: &authorization,
-        vendor_header: &vendor_header,
+        route: Route::Proxy {
+            proxy_authorization: &authorization,
+            vendor_header: &vendor_header,
+        },
         url: None,
     };
     let admitted = lifecycle::admit(
@@ -494,8 +496,10 @@ async fn forward(
         protocol: Protocol::H2,
         method: &method,
         target: &target,
-        proxy_authorization: &authorization,
-        vendor_header: &vendor_header,
+        route: Route::Proxy {
+            proxy_authorization: &authorization,
+            vendor_header: &vendor_header,
+        },
         url: Some(redact_target(&host, path)),
     };
     let admitted = lifecycle::admit(

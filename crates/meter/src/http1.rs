@@ -31,7 +31,7 @@ use crate::context::Context;
 use crate::exchange::Exchange;
 use crate::failure::Failure;
 use crate::failure::Outcome;
-use crate::lifecycle::{self, Admitted, ConnInfo, Request};
+use crate::lifecycle::{self, Admitted, ConnInfo, Request, Route};
 use crate::relay::Start;
 use crate::slots::Slot;
 use crate::tunnel;
@@ -261,8 +261,10 @@ async fn establish(
         protocol: Protocol::Connect,
         method: "CONNECT",
         target,
-        proxy_authorization: &authorization,
-        vendor_header: &vendor_header,
+        route: Route::Proxy {
+            proxy_authorization: &authorization,
+            vendor_header: &vendor_header,
+        },
         url: None,
     };
     let admitted = lifecycle::admit(&ctx.gate, &ctx.metering, &ctx.vendors, conn, &request);

@@ -1,11 +1,21 @@
 //! One request lifecycle for every front end: admit → route → policy → exchange → outcome.
 //!
-//! HTTP/1.1 forwarding, CONNECT, HTTP/2 requests and HTTP/2 CONNECT all describe a request the
-//! same way ([`Request`]) and pass it through [`admit`]: the client's credentials, the vendor
-//! choice, the destination policy (ports, address classes, the meter's own sockets), then the
-//! pod identity and the [`Exchange`] that accounts for it from there on (its outcome, counted
-//! once). A refusal is counted and logged in exactly one place, [`refuse`], which front ends
-//! also call for requests they could not even parse; [`Refused`] carries the answer to give.
+//! HTTP/1.1 forwarding, CONNECT, HTTP/2 requests, HTTP/2 CONNECT and the requests of captured
+//! connections (transparent HTTP/1.1, CONNECT and SOCKS5) all describe a request the same way
+//! ([`Request`]) and pass it through [`admit`]: the client's credentials, the vendor choice, the
+//! destination policy (ports, address classes, the meter's own sockets), then the pod identity
+//! and the [`Exchange`] that accounts for it from there on (its outcome, counted once). A refusal
+//! is counted and logged in exactly one place, [`refuse`], which front ends also call for
+//! requests they could not even parse; [`Refused`] carries the answer to give.
+//!
+//! How a request reached the meter ([`Route`]) decides the first three steps. A request sent to
+//! the meter as a proxy is checked on all of them. A captured request was addressed to a vendor
+//! by the crawler itself and only redirected to the meter on its way: its vendor is the endpoint
+//! the crawler dialled, its credentials are the vendor's (they pass through unread, so they
+//! cannot reach a log or a label), and the meter connects only to that vendor endpoint, never to
+//! the destination, so there is no destination for the meter's policy to guard: the crawler
+//! would reach it through the vendor just the same without a meter. Such a request is admitted
+//! (and metered) as it is; refusing it would only break crawling.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -73,16 +83,29 @@ pub struct ConnInfo {
     pub listener_vendor: Option<VendorIndex>,
 }
 
+/// How a request reached the meter, and so how its vendor is chosen and what is checked.
+#[derive(Clone, Copy, Debug)]
+pub enum Route<'a> {
+    /// Sent to the meter as a proxy: the client's credentials, the listener and the
+    /// vendor-selection header choose the vendor; the destination policy applies.
+    Proxy {
+        /// The values of `Proxy-Authorization`.
+        proxy_authorization: &'a [&'a [u8]],
+        /// The values of the vendor-selection header.
+        vendor_header: &'a [&'a [u8]],
+    },
+    /// Sent by the crawler to this vendor's endpoint and captured on its way (see the module
+    /// documentation for why nothing more is checked).
+    Captured(VendorIndex),
+}
+
 /// A request as every front end describes it.
 #[derive(Debug)]
 pub struct Request<'a> {
     pub protocol: Protocol,
     pub method: &'a str,
     pub target: &'a Authority,
-    /// The values of `Proxy-Authorization`.
-    pub proxy_authorization: &'a [&'a [u8]],
-    /// The values of the vendor-selection header.
-    pub vendor_header: &'a [&'a [u8]],
+    pub route: Route<'a>,
     /// The URL for the access log (without userinfo and query), for plain HTTP.
     pub url: Option<String>,
 }
@@ -128,39 +151,40 @@ pub fn admit<'v>(
             failure,
         )
     };
-    let credentials = match client_credentials(request.proxy_authorization) {
-        Ok(c) => c,
-        // A malformed header only matters when the meter requires client credentials.
-        Err(f) if gate.password.is_some() => return Err(refused(f, None)),
-        Err(_) => None,
-    };
-    authenticate(gate.password.as_ref(), credentials.as_ref()).map_err(|f| refused(f, None))?;
-    let username = credentials.as_ref().map(|c| c.username.as_str());
-    let index = gate
-        .router
-        .choose(conn.listener_vendor, request.vendor_header, username)
-        .map_err(|f| refused(f, None))?;
-    let vendor = &vendors.list[index];
-    let ports = if request.is_tunnel() {
-        &gate.security.connect_ports
-    } else {
-        &gate.security.http_ports
-    };
-    let own = match request.target.host.ip() {
-        Some(ip) => gate.own.check(SocketAddr::new(ip, request.target.port)),
-        None => Ok(()),
-    };
-    own.and_then(|()| policy::check_port(ports, request.target.port))
-        .and_then(|()| policy::check_host(&gate.security, &request.target.host))
-        .map_err(|f| refused(f, Some(vendor)))?;
-
-    let identity = gate
-        .identity
-        .resolve(&metering.metrics, conn.peer, username);
-    let client_authorization = if vendor.config.forward_client_credentials {
-        request.proxy_authorization.first().map(|v| v.to_vec())
-    } else {
-        None
+    let (vendor, identity, client_authorization) = match request.route {
+        Route::Proxy {
+            proxy_authorization,
+            vendor_header,
+        } => {
+            let credentials = match client_credentials(proxy_authorization) {
+                Ok(c) => c,
+                // A malformed header only matters when the meter requires client credentials.
+                Err(f) if gate.password.is_some() => return Err(refused(f, None)),
+                Err(_) => None,
+            };
+            authenticate(gate.password.as_ref(), credentials.as_ref())
+                .map_err(|f| refused(f, None))?;
+            let username = credentials.as_ref().map(|c| c.username.as_str());
+            let index = gate
+                .router
+                .choose(conn.listener_vendor, vendor_header, username)
+                .map_err(|f| refused(f, None))?;
+            let vendor = &vendors.list[index];
+            check_destination(gate, request).map_err(|f| refused(f, Some(vendor)))?;
+            let identity = gate
+                .identity
+                .resolve(&metering.metrics, conn.peer, username);
+            let client_authorization = vendor
+                .config
+                .forward_client_credentials
+                .then(|| proxy_authorization.first().map(|v| v.to_vec()))
+                .flatten();
+            (vendor, identity, client_authorization)
+        }
+        Route::Captured(index) => {
+            let identity = gate.identity.resolve(&metering.metrics, conn.peer, None);
+            (&vendors.list[index], identity, None)
+        }
     };
     let exchange = Exchange::new(
         metering.clone(),
@@ -180,6 +204,21 @@ pub fn admit<'v>(
         exchange,
         client_authorization,
     })
+}
+
+/// The destination policy for a request sent to the meter as a proxy: the ports its kind may
+/// reach, the meter's own sockets, and the address classes the security settings allow.
+fn check_destination(gate: &Gate, request: &Request<'_>) -> Result<(), Failure> {
+    let ports = if request.is_tunnel() {
+        &gate.security.connect_ports
+    } else {
+        &gate.security.http_ports
+    };
+    if let Some(ip) = request.target.host.ip() {
+        gate.own.check(SocketAddr::new(ip, request.target.port))?;
+    }
+    policy::check_port(ports, request.target.port)?;
+    policy::check_host(&gate.security, &request.target.host)
 }
 
 /// Counts and logs a refusal: the one place refusals are recorded.

@@ -13,6 +13,9 @@
 //! - SOCKS5 ([`socks5`]): every CONNECT is counted with its destination and reply.
 //! - TLS to the vendor endpoint (an HTTPS proxy), or anything else: bytes only.
 //!
+//! Each request the meter follows is admitted through the one request lifecycle
+//! ([`crate::lifecycle::admit`], as a [`Route::Captured`] request: its vendor is the endpoint
+//! the crawler dialled), so it is counted and logged exactly like a request to the meter itself.
 //! Tunnels and bytes-only connections are relayed by [`crate::relay`], like every tunnel. The
 //! crawler's own vendor credentials pass through inside its bytes; the meter never parses them
 //! out, so they cannot reach logs or labels. A destination that is no vendor endpoint passes
@@ -30,10 +33,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
+use pt_config::VendorIndex;
 use pt_metrics::caps::{Name, UNKNOWN};
-use pt_metrics::labels::{
-    ClientProtocol, PodIdentity, PodLabels, Protocol, RejectReason, TransparentLabels,
-};
+use pt_metrics::labels::{ClientProtocol, PodLabels, Protocol, RejectReason, TransparentLabels};
 use pt_sniff::Authority;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -42,8 +44,9 @@ use tokio::net::{TcpListener, TcpStream};
 use crate::activity::{Activity, Touching};
 use crate::context::Context;
 use crate::counting_io::{Attribution, MeteredIo};
-use crate::exchange::{Exchange, ExchangeSpec};
+use crate::exchange::Exchange;
 use crate::failure::Outcome;
+use crate::lifecycle::{self, ConnInfo, Request, Route};
 use crate::listener::{OpenConnection, next_connection};
 use crate::outbound::Outbound;
 use crate::relay::{self, Start};
@@ -124,10 +127,10 @@ async fn serve(ctx: Arc<Context>, state: Arc<Transparent>, client: TcpStream, pe
         Some(index) => ctx.vendors.list[index].name.clone(),
         None => Name::new(UNKNOWN),
     };
-    let identity = ctx.gate.identify(&ctx.metering.metrics, peer, None);
     // Bytes that belong to no request (a SOCKS5 greeting, bytes-only connections): the pod
     // family only. Unmetered connections count nowhere.
     let attribution = Arc::new(if metered {
+        let identity = ctx.gate.identify(&ctx.metering.metrics, peer, None);
         let labels = PodLabels::new(&vendor_name, &identity);
         Attribution::new(ctx.metering.pod_counters(&labels), None)
     } else {
@@ -149,34 +152,84 @@ async fn serve(ctx: Arc<Context>, state: Arc<Transparent>, client: TcpStream, pe
         }
     };
     let (vendor_read, vendor_write, _lease) = vendor_conn.into_halves();
-    let captured = Captured {
-        ctx: ctx.clone(),
-        vendor: vendor_name,
-        identity,
-        peer,
-        attribution,
-        activity: Arc::default(),
-    };
+    let activity: Arc<Activity> = Arc::default();
     let (client_read, client_write) = client.into_split();
-    let client_read = Touching::new(client_read, captured.activity.clone());
-    let client_write = Touching::new(client_write, captured.activity.clone());
-    let vendor = (vendor_read, vendor_write);
-    if metered {
-        captured.relay(client_read, client_write, vendor).await;
-    } else {
-        // Not a vendor's, or metering off: relayed as it is, counted nowhere.
-        captured
-            .bytes_only((client_read, client_write), vendor, BytesMut::new())
-            .await;
+    let client = (
+        Touching::new(client_read, activity.clone()),
+        Touching::new(client_write, activity.clone()),
+    );
+    let vendor_halves = (vendor_read, vendor_write);
+    match (metered, vendor) {
+        (true, Some(vendor)) => {
+            let captured = Captured {
+                ctx: ctx.clone(),
+                vendor,
+                conn: ConnInfo {
+                    peer,
+                    listener_vendor: None,
+                },
+                attribution,
+                activity,
+            };
+            captured.relay(client, vendor_halves).await;
+        }
+        // A destination that is no vendor's: there is no protocol of a vendor to follow.
+        (true, None) => {
+            count_connection(&ctx, &vendor_name, ClientProtocol::Other);
+            bytes_only(&ctx, &activity, client, vendor_halves, BytesMut::new()).await;
+        }
+        // Metering is off: relayed as it is, counted nowhere.
+        (false, _) => bytes_only(&ctx, &activity, client, vendor_halves, BytesMut::new()).await,
     }
+}
+
+/// Counts a captured connection by what its crawler speaks.
+fn count_connection(ctx: &Context, vendor: &Name, speaks: ClientProtocol) {
+    ctx.metering
+        .metrics
+        .transparent_connections
+        .get_or_create(&TransparentLabels {
+            proxy_vendor: vendor.clone(),
+            client_protocol: speaks,
+        })
+        .inc();
+}
+
+/// Relays a captured connection as bytes, `first` (already read from the client) first.
+async fn bytes_only(
+    ctx: &Context,
+    activity: &Activity,
+    client: (ClientRead, ClientWrite),
+    vendor: (VendorRead, VendorWrite),
+    first: BytesMut,
+) {
+    let limits = relay::Limits {
+        idle_timeout: ctx.limits.tunnel_idle_timeout,
+        sniff_timeout: ctx.limits.sniff_timeout,
+        max_sniff_bytes: 0,
+    };
+    let stop = ctx.drain.stopped.cancelled();
+    let _ = relay::relay(
+        client,
+        vendor,
+        Start {
+            to_vendor: first.freeze(),
+            to_client: Bytes::new(),
+        },
+        None,
+        limits,
+        activity,
+        stop,
+    )
+    .await;
 }
 
 /// A captured connection to a vendor endpoint, being metered.
 struct Captured {
     ctx: Arc<Context>,
-    vendor: Name,
-    identity: PodIdentity,
-    peer: SocketAddr,
+    /// The vendor whose endpoint the crawler dialled.
+    vendor: VendorIndex,
+    conn: ConnInfo,
     /// Where bytes outside any request count.
     attribution: Arc<Attribution>,
     /// When bytes last moved on the crawler's side (and so on the vendor's).
@@ -184,32 +237,12 @@ struct Captured {
 }
 
 impl Captured {
-    fn count_connection(&self, speaks: ClientProtocol) {
-        self.ctx
-            .metering
-            .metrics
-            .transparent_connections
-            .get_or_create(&TransparentLabels {
-                proxy_vendor: self.vendor.clone(),
-                client_protocol: speaks,
-            })
-            .inc();
-    }
-
     /// Reads what the crawler speaks first and relays accordingly.
     async fn relay(
         &self,
-        mut client_read: ClientRead,
-        client_write: ClientWrite,
+        (mut client_read, client_write): (ClientRead, ClientWrite),
         vendor: (VendorRead, VendorWrite),
     ) {
-        // A destination that is no vendor's: there is no protocol of a vendor to follow.
-        if self.vendor.as_str() == UNKNOWN {
-            self.count_connection(ClientProtocol::Other);
-            self.bytes_only((client_read, client_write), vendor, BytesMut::new())
-                .await;
-            return;
-        }
         let mut first = BytesMut::with_capacity(FIRST_READ);
         // The crawler speaks first in every protocol metered here. If the vendor speaks first
         // instead, the connection is relayed as bytes (its bytes are still in the socket).
@@ -226,7 +259,7 @@ impl Captured {
             },
             _ = vendor.0.get_ref().readable() => ClientProtocol::Other,
         };
-        self.count_connection(speaks);
+        count_connection(&self.ctx, &self.ctx.vendors.list[self.vendor].name, speaks);
         let idle = self.ctx.limits.tunnel_idle_timeout;
         let work = async {
             match speaks {
@@ -237,8 +270,14 @@ impl Captured {
                     socks5::relay(self, (client_read, client_write), vendor, first).await;
                 }
                 ClientProtocol::Tls | ClientProtocol::Other => {
-                    self.bytes_only((client_read, client_write), vendor, first)
-                        .await;
+                    bytes_only(
+                        &self.ctx,
+                        &self.activity,
+                        (client_read, client_write),
+                        vendor,
+                        first,
+                    )
+                    .await;
                 }
             }
         };
@@ -249,55 +288,27 @@ impl Captured {
         }
     }
 
-    /// Relays the connection as bytes, `first` (already read from the client) first.
-    async fn bytes_only(
-        &self,
-        client: (ClientRead, ClientWrite),
-        vendor: (VendorRead, VendorWrite),
-        first: BytesMut,
-    ) {
-        let limits = relay::Limits {
-            idle_timeout: self.ctx.limits.tunnel_idle_timeout,
-            sniff_timeout: self.ctx.limits.sniff_timeout,
-            max_sniff_bytes: 0,
-        };
-        let stop = self.ctx.drain.stopped.cancelled();
-        let _ = relay::relay(
-            client,
-            vendor,
-            Start {
-                to_vendor: first.freeze(),
-                to_client: Bytes::new(),
-            },
-            None,
-            limits,
-            &self.activity,
-            stop,
-        )
-        .await;
-    }
-
-    /// A new exchange for a request the crawler sent its vendor.
+    /// Admits a request the crawler sent its vendor through the one request lifecycle: its
+    /// exchange, or `None` if admission refused it (it admits captured requests as they are;
+    /// the caller then relays the rest of the connection as bytes, still counted).
     fn exchange(
         &self,
         protocol: Protocol,
         target: &Authority,
         method: &str,
         url: Option<String>,
-    ) -> Exchange {
-        Exchange::new(
-            self.ctx.metering.clone(),
-            ExchangeSpec {
-                vendor: self.vendor.clone(),
-                identity: self.identity.clone(),
-                protocol,
-                host: &target.host,
-                port: target.port,
-                method,
-                url,
-                client: self.peer,
-            },
-        )
+    ) -> Option<Exchange> {
+        let request = Request {
+            protocol,
+            method,
+            target,
+            route: Route::Captured(self.vendor),
+            url,
+        };
+        let ctx = &self.ctx;
+        lifecycle::admit(&ctx.gate, &ctx.metering, &ctx.vendors, &self.conn, &request)
+            .ok()
+            .map(|admitted| admitted.exchange)
     }
 
     /// Hands a connection whose tunnel has just opened (CONNECT 200, SOCKS5 success) to the

@@ -32,7 +32,7 @@ use crate::context::Context;
 use crate::exchange::{Exchange, Side};
 use crate::failure::Outcome;
 use crate::failure::{Error, Failure};
-use crate::lifecycle::{self, Admitted, ConnInfo, Request};
+use crate::lifecycle::{self, Admitted, ConnInfo, Request, Route};
 use crate::vendor::{self, Vendor, VendorConn};
 
 /// How one attempt ended.
@@ -88,8 +88,10 @@ pub async fn forward(
         protocol: Protocol::Http1,
         method: &method,
         target: authority,
-        proxy_authorization: &authorization,
-        vendor_header: &vendor_header,
+        route: Route::Proxy {
+            proxy_authorization: &authorization,
+            vendor_header: &vendor_header,
+        },
         url: Some(redact_target(&host, &path_text)),
     };
     // A refused request without a body leaves the connection in step; with one, it closes.

@@ -138,7 +138,9 @@ async fn requests(
             .then(|| head.path.parse::<http::Uri>().ok())
             .flatten()
             .map(|uri| crate::access_log::redact_uri(&uri));
-        let exchange = captured.exchange(protocol, target, &head.method, url);
+        let Some(exchange) = captured.exchange(protocol, target, &head.method, url) else {
+            break;
+        };
         vendor.attribute_to(exchange.attribution().clone());
         let (verdict, verdict_rx) = match head.kind() {
             RequestKind::Connect => {

@@ -130,7 +130,7 @@ async fn handshake(
                 Some(true) => {}
                 Some(false) => {
                     let exchange = credentials_refused(captured, vendor, vendor_write);
-                    return Ok(Handshake::Bytes(Some(exchange)));
+                    return Ok(Handshake::Bytes(exchange));
                 }
                 None => return bytes,
             }
@@ -147,7 +147,9 @@ async fn handshake(
     let (Command::Connect, Some(target)) = (command, target) else {
         return bytes;
     };
-    let mut exchange = captured.exchange(Protocol::Socks5, &target, "CONNECT", None);
+    let Some(mut exchange) = captured.exchange(Protocol::Socks5, &target, "CONNECT", None) else {
+        return bytes;
+    };
     take_over(captured, &exchange, vendor, vendor_write);
     client.forward(len, vendor_write).await?;
     match vendor.message(socks5::reply).await {
@@ -199,13 +201,13 @@ fn credentials_refused(
     captured: &Captured,
     vendor: &mut Inbound<VendorRead>,
     vendor_write: &mut VendorWrite,
-) -> Exchange {
+) -> Option<Exchange> {
     let unsaid = Authority {
         host: Host::Name(pt_metrics::caps::UNKNOWN.into()),
         port: 0,
     };
-    let mut exchange = captured.exchange(Protocol::Socks5, &unsaid, "CONNECT", None);
+    let mut exchange = captured.exchange(Protocol::Socks5, &unsaid, "CONNECT", None)?;
     take_over(captured, &exchange, vendor, vendor_write);
     exchange.vendor_refused(CREDENTIALS_REFUSED, UpstreamErrorReason::VendorAuth);
-    exchange
+    Some(exchange)
 }

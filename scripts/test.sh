@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The project's tests, one command (README). Installs what they need when it is missing:
-# Debian packages (curl, tmux, prometheus/promtool, prometheus-alertmanager, victoria-metrics, kubectl, iproute2, iptables, squid, tinyproxy, openssl, podman, buildah) when run as root or with sudo,
+# Debian packages (curl, tmux, prometheus/promtool, prometheus-alertmanager, victoria-metrics, kubectl, iproute2, iptables, squid, tinyproxy, microsocks, openssl, podman, buildah) when run as root or with sudo,
 # and the Python packages of the deployment tests into target/venv.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,8 +15,9 @@ command -v kubectl >/dev/null || packages+=(kubectl)
 command -v ip >/dev/null || packages+=(iproute2)
 command -v iptables-restore >/dev/null || packages+=(iptables)
 command -v setpriv >/dev/null || packages+=(util-linux)
-# Real vendors for tests/real_vendors.rs (openssl makes Squid's password file).
+# Real vendors for tests/real_vendors.rs and tests/transparent.rs (openssl makes Squid's password file).
 command -v tinyproxy >/dev/null || packages+=(tinyproxy)
+command -v microsocks >/dev/null || packages+=(microsocks)
 command -v squid >/dev/null || packages+=(squid)
 command -v openssl >/dev/null || packages+=(openssl)
 # A remote_write store for deploy/tests/test_remote_write.py.

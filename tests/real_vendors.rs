@@ -15,7 +15,6 @@
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use http_body_util::BodyExt;
@@ -25,6 +24,7 @@ use pt_testkit::origin::Origin;
 use pt_testkit::paths::Path;
 use pt_testkit::pki::TestPki;
 use pt_testkit::process::{Running, free_port};
+use pt_testkit::tap::Tap;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -194,74 +194,14 @@ fn wait_listening(port: u16, dir: &std::path::Path, what: &str) {
     }
 }
 
-/// A relay on the wire between the meter and a vendor that counts every byte each way: what
-/// the vendor received and sent, whatever either side's own books say.
-#[derive(Default)]
-struct Tap {
-    to_vendor: AtomicU64,
-    from_vendor: AtomicU64,
-}
-
-impl Tap {
-    async fn start(vendor: u16) -> (Arc<Tap>, SocketAddr) {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let address = listener.local_addr().unwrap();
-        let tap = Arc::new(Tap::default());
-        let counting = tap.clone();
-        tokio::spawn(async move {
-            while let Ok((client, _)) = listener.accept().await {
-                let Ok(upstream) = TcpStream::connect(("127.0.0.1", vendor)).await else {
-                    continue;
-                };
-                let (client_read, client_write) = client.into_split();
-                let (vendor_read, vendor_write) = upstream.into_split();
-                let tap = counting.clone();
-                tokio::spawn(pump(client_read, vendor_write, tap, true));
-                let tap = counting.clone();
-                tokio::spawn(pump(vendor_read, client_write, tap, false));
-            }
-        });
-        (tap, address)
-    }
-
-    fn counts(&self) -> (u64, u64) {
-        (
-            self.to_vendor.load(Ordering::SeqCst),
-            self.from_vendor.load(Ordering::SeqCst),
-        )
-    }
-}
-
-/// Copies one direction, counting what was read, and passes the close on.
-async fn pump(
-    mut from: tokio::net::tcp::OwnedReadHalf,
-    mut to: tokio::net::tcp::OwnedWriteHalf,
-    tap: Arc<Tap>,
-    to_vendor: bool,
-) {
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        let n = match from.read(&mut buf).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => n,
-        };
-        let counter = if to_vendor {
-            &tap.to_vendor
-        } else {
-            &tap.from_vendor
-        };
-        counter.fetch_add(n as u64, Ordering::SeqCst);
-        if to.write_all(&buf[..n]).await.is_err() {
-            break;
-        }
-    }
-    let _ = to.shutdown().await;
-}
-
 /// Every crawler path through the meter to a real vendor behind a tap: the meter's bytes equal
 /// the tap's, each way, and each request is counted once.
 async fn every_path_is_metered_exactly(vendor: &str, vendor_port: u16, pki: &TestPki) {
-    let (tap, tap_address) = Tap::start(vendor_port).await;
+    let (tap, tap_address) = Tap::start(
+        SocketAddr::from(([127, 0, 0, 1], 0)),
+        SocketAddr::from(([127, 0, 0, 1], vendor_port)),
+    )
+    .await;
     let meter = MeterSetup::new()
         .vendor_yaml(&format!(
             "  - name: {vendor}\n    url: http://{tap_address}\n    username: {VENDOR_USER}\n    password_env: VENDOR_PASSWORD\n"

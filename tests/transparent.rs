@@ -6,7 +6,8 @@
 //! proxy listeners) and the origin sites behind it. The crawler talks to the vendor's address
 //! as if no meter existed; `proxy-telemetry init-iptables` in the pod redirects those
 //! connections to the meter's transparent listener; the vendor books every byte it carried,
-//! and the meter's figures must equal them exactly.
+//! and the meter's figures must equal them exactly. One test puts a real SOCKS5 server
+//! (Debian's microsocks, which `scripts/test.sh` installs) behind a byte-counting tap instead.
 
 #![allow(clippy::unwrap_used)] // Tests: a failed unwrap is a failed test.
 
@@ -26,6 +27,7 @@ use pt_testkit::netns::{Link, NsRuntime, run};
 use pt_testkit::origin::Origin;
 use pt_testkit::pki::TestPki;
 use pt_testkit::process::Running;
+use pt_testkit::tap::Tap;
 use pt_testkit::vendor::FakeVendor;
 
 const BIN: &str = env!("CARGO_BIN_EXE_proxy-telemetry");
@@ -49,7 +51,7 @@ const MARK: &str = "1337";
 struct Rig {
     link: Link,
     pod: NsRuntime,
-    _vendor_runtime: NsRuntime,
+    vendor_runtime: NsRuntime,
     origin: Origin,
     vendor: FakeVendor,
     meter: Option<TestMeter>,
@@ -77,6 +79,11 @@ impl Rig {
 
     /// The world, with `transparent_yaml` lines in the meter's `transparent:` section.
     fn build(transparent_yaml: &str, meter_yaml: &str) -> Rig {
+        Rig::build_with_vendors(transparent_yaml, meter_yaml, "")
+    }
+
+    /// The world, with vendors of `extra_vendors` (YAML list items) besides the fake one.
+    fn build_with_vendors(transparent_yaml: &str, meter_yaml: &str, extra_vendors: &str) -> Rig {
         let link = Link::new();
         let vendor_runtime = link.vendor.runtime();
         let pod = link.pod.runtime();
@@ -106,13 +113,16 @@ impl Rig {
         let mut rig = Rig {
             link,
             pod,
-            _vendor_runtime: vendor_runtime,
+            vendor_runtime,
             origin,
             vendor,
             meter: None,
             dir,
         };
-        let setup = rig.meter_setup(transparent_yaml, meter_yaml);
+        let mut setup = rig.meter_setup(transparent_yaml, meter_yaml);
+        if !extra_vendors.is_empty() {
+            setup = setup.vendor_yaml(extra_vendors);
+        }
         rig.meter = Some(rig.pod.run(setup.spawn()));
         rig
     }
@@ -611,7 +621,7 @@ fn ipv6_vendor_endpoints_are_captured_too() {
 /// the origin).
 fn other_server(rig: &Rig) -> SocketAddr {
     let origin = rig.origin.http;
-    rig._vendor_runtime.run(async move {
+    rig.vendor_runtime.run(async move {
         let listener = tokio::net::TcpListener::bind(SocketAddr::new(Link::VENDOR_V4.into(), 0))
             .await
             .unwrap();
@@ -719,6 +729,128 @@ fn a_redirect_loop_is_refused_and_the_meter_stays_healthy() {
     assert_eq!(
         marked.curl(&["-x", &marked.http_proxy(), "http://shop-a.test/bytes/10"]),
         Ok("200".into())
+    );
+}
+
+/// Where the tap in front of the real SOCKS5 vendor listens, in the vendor namespace (fresh, so a
+/// fixed port is free; the meter's configuration names it before the tap starts).
+const SOCKS_TAP_PORT: u16 = 10_800;
+/// Where microsocks listens, on the vendor namespace's loopback.
+const MICROSOCKS_PORT: u16 = 10_801;
+
+#[test]
+fn a_real_socks5_vendor_with_credentials_is_metered_to_the_byte_through_capture() {
+    let tap_address = SocketAddr::new(Link::VENDOR_V4.into(), SOCKS_TAP_PORT);
+    let rig = Rig::build_with_vendors(
+        &format!("  outbound_mark: {MARK}\n"),
+        "",
+        &format!("  - name: vendor-socks\n    url: http://{tap_address}\n"),
+    );
+    let mut microsocks = rig.link.vendor.command("microsocks");
+    microsocks
+        .args(["-i", "127.0.0.1", "-p", &MICROSOCKS_PORT.to_string()])
+        .args(["-u", CRAWLER_USER, "-P", CRAWLER_PASSWORD])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let _microsocks = Running(
+        microsocks
+            .spawn()
+            .expect("microsocks must be installed (scripts/test.sh installs Debian's package)"),
+    );
+    let microsocks_address = SocketAddr::from(([127, 0, 0, 1], MICROSOCKS_PORT));
+    let tap = rig.vendor_runtime.run(async move {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while tokio::net::TcpStream::connect(microsocks_address)
+            .await
+            .is_err()
+        {
+            assert!(Instant::now() < deadline, "microsocks did not listen");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Tap::start(tap_address, microsocks_address).await.0
+    });
+    rig.capture(&[
+        "--exclude-mark",
+        MARK,
+        "--port",
+        &SOCKS_TAP_PORT.to_string(),
+    ]);
+
+    // The crawler resolves names itself (socks5://) and asks microsocks for the origin's
+    // address in the vendor namespace: TLS with HTTP/1.1 and HTTP/2 inside, plain HTTP.
+    let socks = format!("socks5://{tap_address}");
+    let https = rig.origin.https.port();
+    let resolve = format!("shop-a.test:{https}:127.0.0.1");
+    let tls = format!("https://shop-a.test:{https}/bytes/5000");
+    assert_eq!(
+        rig.curl(&["-x", &socks, "--resolve", &resolve, "--http1.1", &tls]),
+        Ok("200".into())
+    );
+    assert_eq!(
+        rig.curl(&["-x", &socks, "--resolve", &resolve, "--http2", &tls]),
+        Ok("200".into())
+    );
+    let plain = format!("http://{}/bytes/3000", rig.origin.http);
+    assert_eq!(rig.curl(&["-x", &socks, &plain]), Ok("200".into()));
+    // Credentials microsocks refuses.
+    assert!(
+        rig.curl(&[
+            "-x",
+            &socks,
+            "--proxy-user",
+            &format!("{CRAWLER_USER}:wrong"),
+            &plain
+        ])
+        .is_err()
+    );
+
+    // The tap is the ground truth: wait until the meter has counted every byte it saw.
+    let socks_vendor = [("proxy_vendor", "vendor-socks")];
+    let metered = |scrape: &Scrape| {
+        (
+            scrape.sum("proxy_sent_bytes_total", &socks_vendor),
+            scrape.sum("proxy_received_bytes_total", &socks_vendor),
+        )
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let scrape = loop {
+        let scrape = rig.scrape();
+        let settled =
+            metered(&scrape) == tap.counts() && scrape.sum("proxy_active_tunnels", &[]) == 0;
+        if settled || Instant::now() > deadline {
+            break scrape;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(
+        metered(&scrape),
+        tap.counts(),
+        "the meter's (sent, received) bytes vs the tap's"
+    );
+    assert!(tap.counts().1 > 13_000, "the bodies went through the tap");
+    let socks_requests = |class: &str| {
+        scrape.sum(
+            "proxy_requests_total",
+            &[
+                ("proxy_vendor", "vendor-socks"),
+                ("protocol", "socks5"),
+                ("status_class", class),
+            ],
+        )
+    };
+    assert_eq!((socks_requests("2xx"), socks_requests("4xx")), (3, 1));
+    assert_eq!(scrape.sum("proxy_requests_total", &socks_vendor), 4);
+    let inner = |i: &str| {
+        scrape.sum(
+            "proxy_tunnels_total",
+            &[("proxy_vendor", "vendor-socks"), ("inner", i)],
+        )
+    };
+    assert_eq!((inner("tls_h2"), inner("tls_http1")), (1, 1));
+    let log = rig.meter().access_log.lines().join("\n");
+    assert!(
+        !log.contains(CRAWLER_PASSWORD),
+        "the access log holds a crawler secret"
     );
 }
 

@@ -5,6 +5,7 @@
 //! - [`netns`]: network namespaces joined by a veth pair, for iptables tests (root).
 //! - [`paths`]: one crawler action per protocol path the meter serves, for test templates.
 //! - [`process`]: child processes stopped on drop, free loopback ports.
+//! - [`tap`]: a byte-counting relay in front of a real vendor, the ground truth.
 //! - [`origin`], [`vendor`], [`pki`]: the fakes of `pt-fakes` (shipped, for `demo` and the
 //!   `fake-*` commands), re-exported so tests name one crate.
 //!
@@ -15,6 +16,7 @@ pub mod meter;
 pub mod netns;
 pub mod paths;
 pub mod process;
+pub mod tap;
 
 pub use books::VendorBooks;
 pub use pt_fakes::{origin, pki, vendor};

@@ -688,7 +688,7 @@ async fn send(
     let response = async {
         let mut buf = BytesMut::new();
         loop {
-            match vendor::read_response_head(read, &mut buf, kind).await {
+            match vendor::read_response_head(read, &mut buf, kind, vendor::RESPONSE_READ).await {
                 Ok(head) if head.interim => buf.advance(head.len),
                 Ok(head) => return Ok((head, buf)),
                 Err(error) => return Err((error, buf.is_empty())),

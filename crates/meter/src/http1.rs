@@ -38,7 +38,7 @@ use crate::tunnel;
 use crate::vendor::VendorConn;
 
 /// Bytes reserved per read of a request head: a typical head in one read.
-const HEAD_READ: usize = 4096;
+pub const HEAD_READ: usize = 4096;
 /// How long an answer to a client that is being closed may take to leave.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
 

@@ -197,7 +197,7 @@ pub async fn start_with(
     );
     pt_metrics::prices::register(&mut registry, &vendor_prices(&config));
     let bind = |address: SocketAddr| async move {
-        TcpListener::bind(address)
+        listener::bind(address)
             .await
             .map_err(|source| StartError::Bind { address, source })
     };

@@ -31,6 +31,15 @@ const REFUSAL_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
 const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(5);
 const ACCEPT_BACKOFF_MAX: Duration = Duration::from_millis(500);
 
+/// Binds a listener whose accepted connections have `TCP_NODELAY` already: Linux (and the BSDs)
+/// copy it from the listening socket, which saves a `setsockopt` per connection. Every
+/// client-facing socket wants it: answers are whole heads and relayed bytes, already batched.
+pub async fn bind(address: SocketAddr) -> std::io::Result<TcpListener> {
+    let listener = TcpListener::bind(address).await?;
+    socket2::SockRef::from(&listener).set_tcp_nodelay(true)?;
+    Ok(listener)
+}
+
 /// The next accepted connection, or `None` once `stop` is cancelled.
 pub async fn next_connection(
     listener: &TcpListener,
@@ -64,6 +73,12 @@ pub async fn accept_loop(
     listener: TcpListener,
     listener_vendor: Option<VendorIndex>,
 ) {
+    // A listener bound to one address is reached at that address, which the meter's own
+    // addresses hold already; only a wildcard one needs to learn (a `getsockname` per accept)
+    // which of the host's addresses clients use.
+    let wildcard = listener
+        .local_addr()
+        .is_ok_and(|local| local.ip().is_unspecified());
     while let Some((stream, peer)) = next_connection(&listener, &ctx.drain.draining).await {
         let sources = &ctx.allowed_sources;
         if !sources.is_empty() && !sources.iter().any(|net| net.contains(peer.ip())) {
@@ -77,7 +92,7 @@ pub async fn accept_loop(
             tokio::spawn(refuse_connection(stream, REFUSED_OVERLOADED));
             continue;
         };
-        if let Ok(local) = stream.local_addr() {
+        if wildcard && let Ok(local) = stream.local_addr() {
             ctx.gate.own.saw_local(local.ip());
         }
         let conn = ConnInfo {
@@ -135,7 +150,6 @@ impl Drop for OpenConnection<'_> {
 /// Serves one client connection: HTTP/2 if it opens with the HTTP/2 preface, else HTTP/1.1.
 async fn serve(ctx: Arc<Context>, stream: TcpStream, conn: ConnInfo, mut slot: Slot) {
     let _open = OpenConnection::new(&ctx);
-    let _ = stream.set_nodelay(true);
     // A connection's first request must arrive whole within the head timeout of its accept
     // (and an idle timeout shorter than that bounds it too: a silent connection is idle).
     let limits = &ctx.limits;
@@ -151,7 +165,9 @@ async fn serve(ctx: Arc<Context>, stream: TcpStream, conn: ConnInfo, mut slot: S
             () = slot.reclaimed() => return,
             () = ctx.drain.draining.cancelled() => return,
         }
-        buf.reserve(PREFACE.len());
+        // Room for a whole request head: the first read usually brings one, whichever
+        // protocol it turns out to be.
+        buf.reserve(http1::HEAD_READ);
         match stream.try_read_buf(&mut buf) {
             Ok(0) => return,
             Ok(_) => {}
@@ -186,5 +202,19 @@ async fn serve(ctx: Arc<Context>, stream: TcpStream, conn: ConnInfo, mut slot: S
             first_deadline,
         ))
         .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn accepted_connections_have_nodelay_from_their_listener() {
+        let listener = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let _client = TcpStream::connect(address).await.unwrap();
+        let (accepted, _) = listener.accept().await.unwrap();
+        assert!(accepted.nodelay().unwrap());
     }
 }

@@ -120,7 +120,6 @@ async fn serve(ctx: Arc<Context>, state: Arc<Transparent>, client: TcpStream, pe
             return;
         }
     };
-    let _ = client.set_nodelay(true);
     let vendor = state.endpoints.vendor_of(destination);
     let metered = ctx.metering.enabled() && (vendor.is_some() || state.meter_unmatched);
     let vendor_name = match vendor {

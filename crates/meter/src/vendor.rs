@@ -40,8 +40,12 @@ use pool::{Pool, PoolKey};
 /// Largest response head accepted from a vendor. Real ones are well under a few KiB; some
 /// vendors add headers of their own.
 pub const MAX_RESPONSE_HEAD: usize = 64 * 1024;
-/// Bytes reserved per read of a response head: most heads arrive whole in one read.
-const HEAD_READ: usize = 4 * 1024;
+/// Bytes reserved for reading a CONNECT answer: a head alone, whole in one read.
+const CONNECT_ANSWER_READ: usize = 4 * 1024;
+/// Bytes reserved for reading a response to a request: its head and, for the small responses
+/// most requests get, the whole body in the same read (so the client gets it in one write).
+/// The body's own reads are this size too.
+pub const RESPONSE_READ: usize = 16 * 1024;
 
 /// Every vendor, and what dialling them needs.
 #[derive(Debug)]
@@ -277,8 +281,13 @@ impl Vendors {
                 .await
                 .map_err(|e| Error::new(Failure::Upstream(UpstreamErrorReason::Reset), e))?;
             let mut buf = BytesMut::new();
-            let response =
-                read_response_head(&mut conn.stream.read, &mut buf, RequestKind::Connect).await?;
+            let response = read_response_head(
+                &mut conn.stream.read,
+                &mut buf,
+                RequestKind::Connect,
+                CONNECT_ANSWER_READ,
+            )
+            .await?;
             match response.status {
                 // The destination's first bytes, if any, copied out: a slice would keep the
                 // whole read buffer alive for the tunnel's lifetime.
@@ -350,11 +359,13 @@ async fn resolve(target: &Authority, timeout: Duration) -> Result<Vec<SocketAddr
 }
 
 /// Reads a response head from the vendor into `buf` (which may already hold the start of it),
-/// answering a request of `kind`. The head is `buf[..head.len]`; what follows it stays in `buf`.
+/// answering a request of `kind`, reserving `read_size` bytes per read. The head is
+/// `buf[..head.len]`; what follows it stays in `buf`.
 pub async fn read_response_head<R: tokio::io::AsyncRead + Unpin>(
     read: &mut R,
     buf: &mut BytesMut,
     kind: RequestKind,
+    read_size: usize,
 ) -> Result<ResponseHead, Error> {
     let protocol = || Error::from(Failure::Upstream(UpstreamErrorReason::Protocol));
     loop {
@@ -363,7 +374,7 @@ pub async fn read_response_head<R: tokio::io::AsyncRead + Unpin>(
             Ok(None) => {}
             Err(_) => return Err(protocol()),
         }
-        buf.reserve(HEAD_READ);
+        buf.reserve(read_size);
         match read.read_buf(buf).await {
             Ok(0) => {
                 return Err(Failure::Upstream(UpstreamErrorReason::Reset).into());

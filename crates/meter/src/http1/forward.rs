@@ -341,7 +341,12 @@ async fn once(
             let mut deadline = None;
             let head = loop {
                 let read = {
-                    let reading = vendor::read_response_head(vendor_read, &mut rbuf, plan.kind);
+                    let reading = vendor::read_response_head(
+                        vendor_read,
+                        &mut rbuf,
+                        plan.kind,
+                        vendor::RESPONSE_READ,
+                    );
                     tokio::pin!(reading);
                     loop {
                         tokio::select! {

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
+use futures_util::FutureExt;
 use pt_config::VendorIndex;
 use pt_metrics::labels::RejectReason;
 use pt_sniff::h2::{PREFACE, may_be_preface};
@@ -148,7 +149,7 @@ impl Drop for OpenConnection<'_> {
 }
 
 /// Serves one client connection: HTTP/2 if it opens with the HTTP/2 preface, else HTTP/1.1.
-async fn serve(ctx: Arc<Context>, stream: TcpStream, conn: ConnInfo, mut slot: Slot) {
+async fn serve(ctx: Arc<Context>, mut stream: TcpStream, conn: ConnInfo, mut slot: Slot) {
     let _open = OpenConnection::new(&ctx);
     // A connection's first request must arrive whole within the head timeout of its accept
     // (and an idle timeout shorter than that bounds it too: a silent connection is idle).
@@ -168,11 +169,13 @@ async fn serve(ctx: Arc<Context>, stream: TcpStream, conn: ConnInfo, mut slot: S
         // Room for a whole request head: the first read usually brings one, whichever
         // protocol it turns out to be.
         buf.reserve(http1::HEAD_READ);
-        match stream.try_read_buf(&mut buf) {
-            Ok(0) => return,
-            Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-            Err(_) => return,
+        // A read through `AsyncRead` rather than `try_read`: a short read tells the runtime the
+        // socket is drained, so the next read (or the watch for the client's close) waits for
+        // readiness instead of asking the kernel first.
+        match stream.read_buf(&mut buf).now_or_never() {
+            None => continue,
+            Some(Ok(0) | Err(_)) => return,
+            Some(Ok(_)) => {}
         }
         if !may_be_preface(&buf) {
             break false;

@@ -57,6 +57,7 @@ pub async fn serve(
         max_headers: ctx.limits.max_headers,
     };
     let mut deadline = Some(first_deadline);
+    let mut response_timer = forward::ResponseTimer::default();
     loop {
         if buf.is_empty() {
             // Between requests a connection holds no buffer.
@@ -114,7 +115,15 @@ pub async fn serve(
                 return;
             }
             RequestTarget::Absolute { .. } => {
-                Box::pin(forward::forward(&ctx, &mut stream, &mut buf, &head, &conn)).await
+                Box::pin(forward::forward(
+                    &ctx,
+                    &mut stream,
+                    &mut buf,
+                    &head,
+                    &conn,
+                    &mut response_timer,
+                ))
+                .await
             }
         };
         if !keep_alive || ctx.drain.draining.is_cancelled() {

@@ -5,6 +5,8 @@
 
 mod support;
 
+use std::time::Duration;
+
 use pt_load::client::ProxyEndpoint;
 use pt_testkit::VendorBooks;
 use pt_testkit::meter::MeterSetup;
@@ -296,4 +298,69 @@ async fn a_vendors_own_error_status_reaches_the_client_as_an_answer() {
             (Some("ok"), Some(503))
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_request_on_a_kept_alive_connection_gets_a_whole_response_timeout_of_its_own() {
+    // A client connection keeps one response timer for its life, re-armed per request: the
+    // second request must get its whole timeout, not what was left of the first's, and a timer
+    // that went off between requests must not fail the next one.
+    let answering = FakeVendor::builder()
+        .fault(Fault::Status(200))
+        .start()
+        .await
+        .unwrap();
+    let silent = FakeVendor::builder()
+        .fault(Fault::Blackhole)
+        .start()
+        .await
+        .unwrap();
+    let meter = MeterSetup::new()
+        .vendor_yaml(&format!(
+            "  - name: vendor-a\n    url: http://{}\n    username: meter\n    password_env: P\n",
+            answering.address
+        ))
+        .vendor_yaml(&format!(
+            "  - name: vendor-b\n    url: http://{}\n    username: meter\n    password_env: P\n",
+            silent.address
+        ))
+        .env("P", "pw")
+        .yaml("routing:\n  default_vendor: vendor-a\nlimits:\n  response_timeout: 600ms")
+        .spawn()
+        .await;
+    let proxy = ProxyEndpoint::new(meter.proxy());
+    let mut sender = pt_load::client::http1(proxy.dial(support::counters()).await.unwrap())
+        .await
+        .unwrap();
+    let mut status_from = async |vendor: &'static str| {
+        sender.ready().await.unwrap();
+        let mut request = pt_testkit::paths::absolute(
+            &proxy,
+            http::Method::GET,
+            "shop-a.test",
+            "/bytes/10",
+            pt_load::client::empty(),
+        );
+        request
+            .headers_mut()
+            .insert("x-proxy-vendor", http::HeaderValue::from_static(vendor));
+        let response = sender.send_request(request).await.unwrap();
+        let status = response.status().as_u16();
+        pt_load::client::drain(response.into_body()).await.unwrap();
+        status
+    };
+    assert_eq!(status_from("vendor-a").await, 200);
+    // Longer than the timeout: the first request's timer goes off while the connection idles.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(status_from("vendor-a").await, 200);
+    // Most of a timeout later, a request the vendor never answers.
+    tokio::time::sleep(Duration::from_millis(450)).await;
+    let started = std::time::Instant::now();
+    assert_eq!(status_from("vendor-b").await, 504);
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(550),
+        "timed out after {waited:?}, before its own 600 ms"
+    );
+    assert!(waited < Duration::from_secs(5));
 }

@@ -12,6 +12,7 @@
 //! HAProxy do). The failed attempt's bytes stay counted: the vendor saw them.
 
 use std::io;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -22,7 +23,7 @@ use pt_sniff::request::{FieldKind, PathRange, RequestHead, RequestTarget, Versio
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 
 use super::message::{self, BodyError, Mode, Outgoing};
 use super::{answer, values};
@@ -52,6 +53,27 @@ enum Attempt {
     Stopped,
 }
 
+/// A client connection's response timeout: one timer for the connection's life, created at its
+/// first request and re-armed for each one after. Each re-arm moves it later, so the runtime's
+/// timer wheel never needs waking for it; a fresh timer per request, earlier than every other
+/// timer, woke the runtime's driver (an `eventfd` write and a turn of the event loop) on every
+/// request.
+#[derive(Debug, Default)]
+pub struct ResponseTimer {
+    sleep: Option<Pin<Box<Sleep>>>,
+}
+
+impl ResponseTimer {
+    /// Arms the timer to go off at `deadline`.
+    fn arm(&mut self, deadline: Instant) -> Pin<&mut Sleep> {
+        let sleep = self
+            .sleep
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        sleep.as_mut().reset(deadline);
+        sleep.as_mut()
+    }
+}
+
 /// Forwards one request; returns whether the client connection stays open for the next.
 pub async fn forward(
     ctx: &Context,
@@ -59,6 +81,7 @@ pub async fn forward(
     buf: &mut BytesMut,
     head: &RequestHead,
     conn: &ConnInfo,
+    timer: &mut ResponseTimer,
 ) -> bool {
     let RequestTarget::Absolute {
         authority,
@@ -164,7 +187,16 @@ pub async fn forward(
             exchange.failed(&Failure::ClientGone.into());
             return false;
         }
-        let attempt = once(ctx, client, buf, &plan, &mut vendor_conn, &mut exchange).await;
+        let attempt = once(
+            ctx,
+            client,
+            buf,
+            &plan,
+            &mut vendor_conn,
+            &mut exchange,
+            timer,
+        )
+        .await;
         match attempt {
             Attempt::Done {
                 vendor_reusable,
@@ -269,6 +301,7 @@ async fn once(
     plan: &Plan<'_>,
     vendor_conn: &mut VendorConn,
     exchange: &mut Exchange,
+    timer: &mut ResponseTimer,
 ) -> Attempt {
     let reused = vendor_conn.reused;
     // When bytes last moved on each side: an exchange on which nothing moved for the idle
@@ -338,7 +371,7 @@ async fn once(
             let mut rbuf = BytesMut::new();
             // The response timeout runs from when the whole request has left: a vendor is not
             // expected to answer a request still arriving.
-            let mut deadline = None;
+            let mut timeout: Option<Pin<&mut Sleep>> = None;
             let head = loop {
                 let read = {
                     let reading = vendor::read_response_head(
@@ -351,10 +384,11 @@ async fn once(
                     loop {
                         tokio::select! {
                             read = &mut reading => break read,
-                            () = request_sent.notify.notified(), if deadline.is_none() => {
-                                deadline = Some(Instant::now() + ctx.vendors.response_timeout);
+                            () = request_sent.notify.notified(), if timeout.is_none() => {
+                                let deadline = Instant::now() + ctx.vendors.response_timeout;
+                                timeout = Some(timer.arm(deadline));
                             }
-                            () = sleep_until_some(deadline) => {
+                            () = expired(&mut timeout) => {
                                 return Err(Failure::Upstream(UpstreamErrorReason::Timeout).into());
                             }
                         }
@@ -537,9 +571,10 @@ impl RequestSent {
     }
 }
 
-async fn sleep_until_some(deadline: Option<Instant>) {
-    match deadline {
-        Some(deadline) => tokio::time::sleep_until(deadline).await,
+/// Resolves when the armed timer goes off; never, unarmed.
+async fn expired(timeout: &mut Option<Pin<&mut Sleep>>) {
+    match timeout {
+        Some(sleep) => sleep.as_mut().await,
         None => std::future::pending().await,
     }
 }

@@ -18,6 +18,11 @@
 //! and ALPN) while the vendor's direction already runs, so protocols in which the server speaks
 //! first are not delayed. The vendor's direction is followed record by record when it is TLS, so
 //! a tunnel cut in the middle of a record can be told from one that ended cleanly.
+//!
+//! Bytes are copied, not moved with `splice(2)`: following the records means reading every byte
+//! of the bulk (vendor → client) direction, and the other direction carries requests, a few
+//! hundred bytes each. Measured beside HAProxy with forced splicing, TLS bulk through a tunnel
+//! is bound by the endpoints' encryption, not by the copy (README, Performance).
 
 use std::future::Future;
 use std::io;

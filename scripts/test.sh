@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The project's tests, one command (README). Installs what they need when it is missing:
-# Debian packages (curl, tmux, prometheus/promtool, prometheus-alertmanager, victoria-metrics, kubectl, iproute2, iptables, squid, tinyproxy, microsocks, openssl, podman, buildah) when run as root or with sudo,
+# Debian packages (curl, tmux, prometheus/promtool, prometheus-alertmanager, victoria-metrics, kubectl, iproute2, iptables, strace, squid, tinyproxy, microsocks, openssl, podman, buildah) when run as root or with sudo,
 # and the Python packages of the deployment tests into target/venv.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,6 +15,8 @@ command -v kubectl >/dev/null || packages+=(kubectl)
 command -v ip >/dev/null || packages+=(iproute2)
 command -v iptables-restore >/dev/null || packages+=(iptables)
 command -v setpriv >/dev/null || packages+=(util-linux)
+# Syscall counts of the meter (tests/cli.rs) and bench/syscalls.sh.
+command -v strace >/dev/null || packages+=(strace)
 # Real vendors for tests/real_vendors.rs and tests/transparent.rs (openssl makes Squid's password file).
 command -v tinyproxy >/dev/null || packages+=(tinyproxy)
 command -v microsocks >/dev/null || packages+=(microsocks)

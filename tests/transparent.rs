@@ -46,6 +46,13 @@ const CREDENTIALS: &str = "crawlers/crawler-0:crawler-canary-4471";
 const TRANSPARENT_PORT: u16 = 15001;
 /// The meter's socket mark, excluded from redirection.
 const MARK: &str = "1337";
+/// The labels of the crawler pod's traffic to the fake vendor.
+const CRAWLER_POD: [(&str, &str); 4] = [
+    ("proxy_vendor", "vendor-a"),
+    ("source_namespace", "crawlers"),
+    ("source_pod", "crawler-0"),
+    ("source_workload", "crawler"),
+];
 
 /// One pod, one vendor, one meter; see the module documentation.
 struct Rig {
@@ -394,13 +401,7 @@ fn a_crawler_talking_to_its_vendor_is_metered_exactly_on_every_path() {
     );
 
     let scrape = rig.settled();
-    let pod = [
-        ("proxy_vendor", "vendor-a"),
-        ("source_namespace", "crawlers"),
-        ("source_pod", "crawler-0"),
-        ("source_workload", "crawler"),
-    ];
-    rig.vendor.assert_metered_exactly(&scrape, &pod);
+    rig.vendor.assert_metered_exactly(&scrape, &CRAWLER_POD);
     assert!(rig.vendor.bytes_to_meter() > 15_000);
     assert_eq!(requests(&scrape, "http1", "2xx"), 3);
     assert_eq!(requests(&scrape, "http1", "4xx"), 1);
@@ -500,13 +501,7 @@ fn captured_crawlers_are_admitted_as_their_vendor_would_be_not_as_the_meters_pro
 
     let scrape = rig.settled();
     std::fs::remove_file(&password).unwrap();
-    let pod = [
-        ("proxy_vendor", "vendor-a"),
-        ("source_namespace", "crawlers"),
-        ("source_pod", "crawler-0"),
-        ("source_workload", "crawler"),
-    ];
-    rig.vendor.assert_metered_exactly(&scrape, &pod);
+    rig.vendor.assert_metered_exactly(&scrape, &CRAWLER_POD);
     assert_eq!(requests(&scrape, "http1", "2xx"), 1);
     assert_eq!(requests(&scrape, "connect", "2xx"), 1);
     assert_eq!(requests(&scrape, "socks5", "2xx"), 1);

@@ -12,8 +12,8 @@
 //! When the wrapper is dropped, bytes that reached this host but were never read (the socket's
 //! receive queue, `FIONREAD`) are counted as received too: the vendor sent them and will bill
 //! them. A socket that was read to its end of stream has none (nothing can follow a FIN), so it
-//! is not asked: one `ioctl` less per tunnel. Bytes still in flight on the network, or in the vendor's send buffer, cannot be known by
-//! any meter on this side of the link.
+//! is not asked: one `ioctl` less per tunnel. Bytes still in flight on the network, or in the
+//! vendor's send buffer, cannot be known by any meter on this side of the link.
 
 use std::io;
 use std::pin::Pin;

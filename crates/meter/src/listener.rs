@@ -76,10 +76,10 @@ pub async fn accept_loop(
 ) {
     // A listener bound to one address is reached at that address, which the meter's own
     // addresses hold already; only a wildcard one needs to learn (a `getsockname` per accept)
-    // which of the host's addresses clients use.
+    // which of the host's addresses clients use (as does one whose address cannot be read).
     let wildcard = listener
         .local_addr()
-        .is_ok_and(|local| local.ip().is_unspecified());
+        .map_or(true, |local| local.ip().is_unspecified());
     while let Some((stream, peer)) = next_connection(&listener, &ctx.drain.draining).await {
         let sources = &ctx.allowed_sources;
         if !sources.is_empty() && !sources.iter().any(|net| net.contains(peer.ip())) {

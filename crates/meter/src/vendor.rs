@@ -44,7 +44,6 @@ pub const MAX_RESPONSE_HEAD: usize = 64 * 1024;
 const CONNECT_ANSWER_READ: usize = 4 * 1024;
 /// Bytes reserved for reading a response to a request: its head and, for the small responses
 /// most requests get, the whole body in the same read (so the client gets it in one write).
-/// The body's own reads are this size too.
 pub const RESPONSE_READ: usize = 16 * 1024;
 
 /// Every vendor, and what dialling them needs.

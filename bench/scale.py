@@ -19,56 +19,17 @@ Writes bench/results/scale.md and scale.json (a smoke run writes under its work 
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
 import urllib.request
 from pathlib import Path
 
+from procs import Proc, free_port  # bench/procs.py: shared with scale_prometheus.py
 from run import wait_port  # bench/run.py: the benchmark's own, same loopback wait
 
 ROOT = Path(__file__).resolve().parent.parent
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-
-
-class Proc:
-    """A process started by the harness and stopped by its PID."""
-
-    def __init__(self, work, name, cmd, env=None):
-        self.name = name
-        self.log = work / f"{name}.log"
-        self.popen = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=open(self.log, "w"),
-                                      env={**os.environ, **(env or {})}, cwd=work)
-
-    def cpu_seconds(self):
-        stat = Path(f"/proc/{self.popen.pid}/stat").read_text()
-        fields = stat[stat.rindex(")") + 2:].split()
-        return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-    def rss_mib(self):
-        for line in Path(f"/proc/{self.popen.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-        return 0.0
-
-    def stop(self):
-        if self.popen.poll() is None:
-            self.popen.terminate()
-            try:
-                self.popen.wait(timeout=40)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait()
 
 
 def scrape(admin):

@@ -32,7 +32,8 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
-import scale
+from procs import Proc, free_port
+from run import wait_port
 
 ROOT = Path(__file__).resolve().parent.parent
 CHART = ROOT / "deploy/helm/proxy-telemetry"
@@ -114,7 +115,7 @@ class Prometheus:
         self.port = port
         config = work / f"{name}.yml"
         config.write_text(config_text)
-        self.proc = scale.Proc(work, name, [
+        self.proc = Proc(work, name, [
             "prometheus", f"--config.file={config}", f"--storage.tsdb.path={data}",
             f"--web.listen-address=127.0.0.1:{port}", "--storage.tsdb.retention.time=30d",
             "--log.level=warn"])
@@ -166,8 +167,8 @@ def live(profile, args, work, pt_bench):
     ttl = 600 * lifetime / HOUR
     rate = 0.4 * HOUR / lifetime
     sd_file = work / f"targets-{profile}.json"
-    fleet_port, prom_port = scale.free_port(), scale.free_port()
-    fleet = scale.Proc(work, f"fleet-{profile}", [
+    fleet_port, prom_port = free_port(), free_port()
+    fleet = Proc(work, f"fleet-{profile}", [
         pt_bench, "fleet-serve", *spec["fleet"], "--pods", str(args.pods), "--lifetime", str(lifetime),
         "--series-ttl", str(ttl), "--rate", str(rate),
         "--final-scrape-delay", "15", "--epoch", str(time.time()), "--listen", f"127.0.0.1:{fleet_port}",
@@ -176,7 +177,7 @@ def live(profile, args, work, pt_bench):
     shutil.rmtree(data, ignore_errors=True)
     prom = None
     try:
-        scale.wait_port(fleet_port)
+        wait_port(fleet_port)
         while not sd_file.exists():
             time.sleep(0.2)
         interval = args.scrape_interval
@@ -320,7 +321,7 @@ def history(profile, live_result, args, work, pt_bench):
     print(f"  {profile}: backfilled {raw_samples} raw and {recorded_samples} recorded samples "
           f"in {backfill_seconds:.0f} s", flush=True)
 
-    port = scale.free_port()
+    port = free_port()
     prom = Prometheus(work, f"prometheus-history-{profile}",
                       prometheus_config({"global": {"scrape_interval": f"{SCRAPE_INTERVAL}s"}, "scrape_configs": []},
                                         work / "none.json", None, port), data, port)

@@ -384,19 +384,16 @@ async fn connect(
             }
         };
         let activity = Activity::default();
-        let stop = async {
+        let stop = std::pin::pin!(async {
             task_ctx.drain.stopped.cancelled().await;
             Outcome::Shutdown
-        };
+        });
         let (vendor_read, vendor_write, _lease) = vendor_conn.into_halves();
         tunnel::run(
             tokio::io::split(TokioIo::new(upgraded)),
             (vendor_read, vendor_write),
             exchange,
-            Start {
-                to_vendor: Bytes::new(),
-                to_client: leftover,
-            },
+            Start::copied(&[], &leftover),
             tunnel::limits(
                 task_ctx.limits.tunnel_idle_timeout,
                 task_ctx.limits.sniff_timeout,

@@ -221,24 +221,27 @@ async fn connect(
     };
     let activity = Arc::new(Activity::default());
     slot.tunnel(activity.clone());
-    let stop = async {
-        tokio::select! {
-            () = ctx.drain.stopped.cancelled() => Outcome::Shutdown,
-            () = slot.reclaimed() => Outcome::Idle,
-        }
-    };
-    let (client_read, client_write) = stream.split();
-    let (vendor_read, vendor_write, _lease) = established.vendor.into_halves();
-    tunnel::run(
-        (client_read, client_write),
-        (vendor_read, vendor_write),
-        established.exchange,
-        established.start,
-        tunnel::limits(ctx.limits.tunnel_idle_timeout, ctx.limits.sniff_timeout),
-        &activity,
-        stop,
-    )
-    .await;
+    // In a block of its own: `stop` borrows the slot until the tunnel ends.
+    {
+        let stop = std::pin::pin!(async {
+            tokio::select! {
+                () = ctx.drain.stopped.cancelled() => Outcome::Shutdown,
+                () = slot.reclaimed() => Outcome::Idle,
+            }
+        });
+        let (client_read, client_write) = stream.split();
+        let (vendor_read, vendor_write, _lease) = established.vendor.into_halves();
+        tunnel::run(
+            (client_read, client_write),
+            (vendor_read, vendor_write),
+            established.exchange,
+            established.start,
+            tunnel::limits(ctx.limits.tunnel_idle_timeout, ctx.limits.sniff_timeout),
+            &activity,
+            stop,
+        )
+        .await;
+    }
     slot.tunnel_closed();
 }
 
@@ -316,10 +319,7 @@ async fn establish(
     Some(Established {
         vendor: vendor_conn,
         exchange,
-        start: Start {
-            to_vendor: buf.freeze(),
-            to_client: leftover,
-        },
+        start: Start::copied(&buf, &leftover),
     })
 }
 

@@ -32,7 +32,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use pt_config::VendorIndex;
 use pt_metrics::caps::{Name, UNKNOWN};
 use pt_metrics::labels::{ClientProtocol, PodLabels, Protocol, RejectReason, TransparentLabels};
@@ -207,14 +207,11 @@ async fn bytes_only(
         sniff_timeout: ctx.limits.sniff_timeout,
         max_sniff_bytes: 0,
     };
-    let stop = ctx.drain.stopped.cancelled();
+    let stop = std::pin::pin!(ctx.drain.stopped.cancelled());
     let _ = relay::relay(
         client,
         vendor,
-        Start {
-            to_vendor: first.freeze(),
-            to_client: Bytes::new(),
-        },
+        Start::copied(&first, &[]),
         None,
         limits,
         activity,
@@ -320,10 +317,10 @@ impl Captured {
         vendor: (VendorRead, VendorWrite),
         start: Start,
     ) {
-        let stop = async {
+        let stop = std::pin::pin!(async {
             self.ctx.drain.stopped.cancelled().await;
             Outcome::Shutdown
-        };
+        });
         tunnel::run(
             client,
             vendor,

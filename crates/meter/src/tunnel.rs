@@ -9,6 +9,7 @@
 //! one that closed.
 
 use std::future::Future;
+use std::pin::Pin;
 use std::time::Duration;
 
 use pt_metrics::labels::{TunnelInner, UpstreamErrorReason};
@@ -88,7 +89,7 @@ pub async fn run<CR, CW, VR, VW>(
     start: Start,
     limits: relay::Limits,
     activity: &Activity,
-    stop: impl Future<Output = Outcome>,
+    stop: Pin<&mut impl Future<Output = Outcome>>,
 ) where
     CR: AsyncRead + Unpin,
     CW: AsyncWrite + Unpin,

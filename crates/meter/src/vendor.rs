@@ -288,9 +288,8 @@ impl Vendors {
             )
             .await?;
             match response.status {
-                // The destination's first bytes, if any, copied out: a slice would keep the
-                // whole read buffer alive for the tunnel's lifetime.
-                200..=299 => Ok(Bytes::copy_from_slice(&buf[response.len..])),
+                // The destination's first bytes, if any (the relay's `Start` copies them out).
+                200..=299 => Ok(buf.split_off(response.len).freeze()),
                 407 => Err(Failure::Upstream(UpstreamErrorReason::VendorAuth).into()),
                 status => Err(Failure::TunnelRefused(status).into()),
             }

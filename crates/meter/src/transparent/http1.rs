@@ -22,7 +22,7 @@
 
 use std::io;
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use pt_metrics::labels::{Protocol, UpstreamErrorReason};
 use pt_sniff::http1::{
     Body, Framing, RequestKind, ResponseHead, Target, parse_request_head, parse_response_head,
@@ -103,10 +103,7 @@ pub(super) async fn relay(
                 *exchange,
                 (client.io, client_write),
                 (vendor.io, vendor_write),
-                Start {
-                    to_vendor: client.buf.freeze(),
-                    to_client: Bytes::new(),
-                },
+                Start::copied(&client.buf, &[]),
             )
             .await;
     }

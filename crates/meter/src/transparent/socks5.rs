@@ -52,10 +52,7 @@ pub(super) async fn relay(
                     exchange,
                     (client.io, client_write),
                     (vendor.io, vendor_write),
-                    Start {
-                        to_vendor: client.buf.freeze(),
-                        to_client: vendor.buf.freeze(),
-                    },
+                    Start::copied(&client.buf, &vendor.buf),
                 )
                 .await;
         }

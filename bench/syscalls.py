@@ -8,7 +8,8 @@ Paths: keep-alive GET 10 KiB (wrk, 64 connections), a new connection per request
 CONNECT tunnel carrying one small request (pt-bench churn, 8 workers; HAProxy L4 for HAProxy).
 Uses bench/run.py's set-up (the same origin, configurations and pinning).
 
-Usage: bench/syscalls.sh [--seconds N]
+Usage: bench/syscalls.sh [--seconds N] [--proxies meter,haproxy] [--binary B --pt-bench P --work DIR]
+(tests/bench_smoke.rs runs it for a second with debug binaries: that it runs.)
 """
 
 import argparse
@@ -72,11 +73,16 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=int, default=3)
     parser.add_argument("--proxies", default="meter,haproxy")
+    parser.add_argument("--binary", type=Path, help="the proxy-telemetry binary (default: build release)")
+    parser.add_argument("--pt-bench", type=Path, help="the pt-bench binary (default: build release)")
+    parser.add_argument("--work", type=Path, help="scratch directory (default: bench/run.py's)")
     args = parser.parse_args()
+    bench.WORK = args.work or bench.WORK
     if not shutil.which("strace"):
         subprocess.run(["apt-get", "install", "-y", "-qq", "strace"], check=True)
-    bench.ensure_tools()
-    meter_binary, bench_binary = bench.build()
+    bench.ensure_tools(args.proxies.split(","))
+    meter_binary, bench_binary = ((args.binary.resolve(), args.pt_bench.resolve()) if args.binary and args.pt_bench
+                                  else bench.build())
     bench.prepare()
     nginx = bench.Proc("nginx", ["/usr/sbin/nginx", "-c", str(bench.WORK / "nginx.conf"), "-p", str(bench.WORK)],
                        bench.CLIENT_CORE)

@@ -12,6 +12,92 @@ pub mod report;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+/// The names environment variables had before every subcommand read `PROXY_TELEMETRY_*`. Each
+/// is still read as its prefixed name (`PODS` for `PROXY_TELEMETRY_PODS`) when that is unset, so
+/// that Deployments written for earlier releases keep working; the prefixed name wins.
+pub const LEGACY_ENV: &[&str] = &[
+    // load
+    "PROXY_URL",
+    "VENDOR_PROXIES",
+    "VENDOR_WEIGHTS",
+    "VENDOR",
+    "VENDOR_HEADER",
+    "PODS",
+    "POD_NAMESPACE",
+    "POD_NAME",
+    "PROXY_PASSWORD",
+    "REQUESTS_PER_SECOND",
+    "CONCURRENCY",
+    "DURATION",
+    "REQUESTS",
+    "TARGETS",
+    "CA_FILE",
+    "REQUESTS_PER_CONNECTION",
+    "REQUEST_TIMEOUT",
+    "LEDGER",
+    // inject-webhook, fake-vendor and fake-origin
+    "LISTEN",
+    "VENDOR_USERNAME",
+    "VENDOR_PASSWORD",
+    "ORIGIN_HTTP",
+    "ORIGIN_HTTPS",
+    "HTTP_LISTEN",
+    "HTTPS_LISTEN",
+    "TLS_CERT",
+    "TLS_KEY",
+];
+
+/// The prefix of every environment variable the subcommands read.
+const ENV_PREFIX: &str = "PROXY_TELEMETRY_";
+
+/// `command` with each subcommand argument whose `PROXY_TELEMETRY_*` variable is unset, and
+/// whose [`LEGACY_ENV`] name is set, reading the legacy name. `is_set` tells whether a variable
+/// is set (the process environment, or a test's).
+pub fn with_legacy_env(command: clap::Command, is_set: &dyn Fn(&str) -> bool) -> clap::Command {
+    let names: Vec<String> = command
+        .get_subcommands()
+        .map(|sub| sub.get_name().to_owned())
+        .collect();
+    names.into_iter().fold(command, |command, name| {
+        command.mut_subcommand(name, |sub| {
+            sub.mut_args(|arg| {
+                let legacy = arg
+                    .get_env()
+                    .and_then(|env| env.to_str())
+                    .filter(|env| !is_set(env))
+                    .and_then(|env| env.strip_prefix(ENV_PREFIX))
+                    .and_then(|old| LEGACY_ENV.iter().find(|legacy| **legacy == old))
+                    .filter(|old| is_set(old));
+                match legacy {
+                    Some(old) => arg.env(*old),
+                    None => arg,
+                }
+            })
+        })
+    })
+}
+
+/// The legacy variables `subcommand` would read that are shadowed by a prefixed one set to
+/// another value (a `kubectl set env` written for an earlier release, say): worth a warning, as
+/// they are otherwise ignored without a word. `value` reads a variable.
+pub fn shadowed_legacy_env(
+    command: &clap::Command,
+    subcommand: &str,
+    value: &dyn Fn(&str) -> Option<std::ffi::OsString>,
+) -> Vec<&'static str> {
+    let Some(sub) = command.find_subcommand(subcommand) else {
+        return Vec::new();
+    };
+    sub.get_arguments()
+        .filter_map(|arg| arg.get_env()?.to_str()?.strip_prefix(ENV_PREFIX))
+        .filter_map(|old| LEGACY_ENV.iter().copied().find(|legacy| *legacy == old))
+        .filter(|old| {
+            let new = value(&format!("{ENV_PREFIX}{old}"));
+            new.is_some() && value(old).is_some_and(|old| Some(old) != new)
+        })
+        .collect()
+}
+
 /// Exit code for a bad configuration or bad arguments (sysexits `EX_USAGE`).
 pub const EXIT_USAGE: u8 = 64;
 

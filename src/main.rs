@@ -8,7 +8,7 @@ mod cmd;
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -58,8 +58,18 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let is_set = |name: &str| std::env::var_os(name).is_some();
+    let matches = cmd::with_legacy_env(Cli::command(), &is_set).get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     init_logging(cli.log_format);
+    if let Some(subcommand) = matches.subcommand_name() {
+        let value = |name: &str| std::env::var_os(name);
+        for legacy in cmd::shadowed_legacy_env(&Cli::command(), subcommand, &value) {
+            tracing::warn!(
+                "{legacy} is ignored: PROXY_TELEMETRY_{legacy} is set too, to another value"
+            );
+        }
+    }
     match cli.command {
         Command::Meter(args) => cmd::meter::run(args),
         Command::Demo(args) => cmd::demo::run(args),
@@ -84,5 +94,100 @@ fn init_logging(format: LogFormat) {
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The variable `subcommand`'s argument `id` reads, with `set` the variables set.
+    fn env_of(subcommand: &str, id: &str, set: &[&str]) -> String {
+        let is_set = |name: &str| set.contains(&name);
+        let command = cmd::with_legacy_env(Cli::command(), &is_set);
+        let sub = command
+            .find_subcommand(subcommand)
+            .expect("the subcommand exists");
+        let arg = sub
+            .get_arguments()
+            .find(|a| a.get_id() == id)
+            .expect("the argument exists");
+        arg.get_env()
+            .and_then(|e| e.to_str())
+            .expect("the argument reads a variable")
+            .to_owned()
+    }
+
+    #[test]
+    fn every_subcommand_variable_is_prefixed_and_every_legacy_name_still_read() {
+        let command = Cli::command();
+        let mut read = Vec::new();
+        for sub in command.get_subcommands() {
+            for arg in sub.get_arguments() {
+                if let Some(env) = arg.get_env().and_then(|e| e.to_str()) {
+                    assert!(
+                        env.starts_with("PROXY_TELEMETRY_"),
+                        "{} --{}: {env}",
+                        sub.get_name(),
+                        arg.get_id()
+                    );
+                    read.push(env.to_owned());
+                }
+            }
+        }
+        for legacy in cmd::LEGACY_ENV {
+            assert!(
+                read.contains(&format!("PROXY_TELEMETRY_{legacy}")),
+                "{legacy} is not the old name of any variable"
+            );
+        }
+    }
+
+    #[test]
+    fn a_legacy_variable_shadowed_by_a_different_prefixed_value_is_reported() {
+        let env = |set: &'static [(&'static str, &'static str)]| {
+            move |name: &str| {
+                set.iter()
+                    .find(|(n, _)| *n == name)
+                    .map(|(_, v)| std::ffi::OsString::from(v))
+            }
+        };
+        let command = Cli::command();
+        let shadowed = |set| cmd::shadowed_legacy_env(&command, "load", &env(set));
+        assert_eq!(
+            shadowed(&[
+                ("PROXY_TELEMETRY_REQUESTS_PER_SECOND", "100"),
+                ("REQUESTS_PER_SECOND", "200")
+            ]),
+            ["REQUESTS_PER_SECOND"]
+        );
+        assert!(shadowed(&[("PROXY_TELEMETRY_PODS", "3"), ("PODS", "3")]).is_empty());
+        assert!(shadowed(&[("PODS", "3")]).is_empty());
+        // What another subcommand reads is not reported for this one.
+        assert!(
+            cmd::shadowed_legacy_env(
+                &command,
+                "meter",
+                &env(&[("PROXY_TELEMETRY_PODS", "1"), ("PODS", "3")])
+            )
+            .is_empty()
+        );
+    }
+
+    #[test]
+    fn a_legacy_variable_is_read_only_when_its_prefixed_name_is_unset() {
+        assert_eq!(env_of("load", "pods", &[]), "PROXY_TELEMETRY_PODS");
+        assert_eq!(env_of("load", "pods", &["PODS"]), "PODS");
+        assert_eq!(
+            env_of("load", "pods", &["PODS", "PROXY_TELEMETRY_PODS"]),
+            "PROXY_TELEMETRY_PODS"
+        );
+        assert_eq!(env_of("fake-vendor", "listen", &["LISTEN"]), "LISTEN");
+        assert_eq!(env_of("inject-webhook", "listen", &["LISTEN"]), "LISTEN");
+        // A name that was never a legacy one is not read for its prefixed variable.
+        assert_eq!(
+            env_of("load", "churn_per_minute", &["CHURN_PER_MINUTE"]),
+            "PROXY_TELEMETRY_CHURN_PER_MINUTE"
+        );
     }
 }

@@ -310,24 +310,25 @@ impl Stack {
         std::fs::write(&ca, &self.pki.ca_pem).unwrap();
         let ledger = dir.join("ledger.json");
         let env = [
-            ("PROXY_URL", format!("http://{}", self.meter.proxy())),
-            ("VENDOR_WEIGHTS", weights.to_owned()),
+            ("PROXY_TELEMETRY_PROXY_URL", format!("http://{}", self.meter.proxy())),
+            ("PROXY_TELEMETRY_VENDOR_WEIGHTS", weights.to_owned()),
+            // Two under the names they had before the prefix: still read (src/main.rs tests).
             ("PODS", "3".to_owned()),
-            ("POD_NAMESPACE", "crawlers".to_owned()),
-            ("POD_NAME", "crawler".to_owned()),
+            ("PROXY_TELEMETRY_POD_NAMESPACE", "crawlers".to_owned()),
+            ("PROXY_TELEMETRY_POD_NAME", "crawler".to_owned()),
             ("REQUESTS_PER_SECOND", "20".to_owned()),
-            ("CONCURRENCY", "10".to_owned()),
-            ("DURATION", "2s".to_owned()),
+            ("PROXY_TELEMETRY_CONCURRENCY", "10".to_owned()),
+            ("PROXY_TELEMETRY_DURATION", "2s".to_owned()),
             (
-                "TARGETS",
+                "PROXY_TELEMETRY_TARGETS",
                 "GET http://shop-a.test/bytes/1000 h1 x2;GET http://www.news-b.test/bytes/300 h2;\
                  GET https://shop-a.test/bytes/5000 h1;POST https://www.news-b.test/upload body=100-900 h2;\
                  GET https://shop-a.test/bytes/700 h1 tunnel=h2"
                     .to_owned(),
             ),
-            ("CA_FILE", ca.display().to_string()),
-            ("LEDGER", ledger.display().to_string()),
-            ("REQUESTS_PER_CONNECTION", "5".to_owned()),
+            ("PROXY_TELEMETRY_CA_FILE", ca.display().to_string()),
+            ("PROXY_TELEMETRY_LEDGER", ledger.display().to_string()),
+            ("PROXY_TELEMETRY_REQUESTS_PER_CONNECTION", "5".to_owned()),
         ];
         let (code, stdout, stderr) = run_binary(&["load"], &env);
         assert_eq!(code, Some(0), "load failed:\n{stdout}\n{stderr}");
@@ -573,7 +574,7 @@ fn the_fake_vendor_and_origin_processes_serve_the_cluster_demo() {
                 "--origin-https",
                 &format!("localhost:{https}"),
             ])
-            .env("VENDOR_PASSWORD", "pw")
+            .env("PROXY_TELEMETRY_VENDOR_PASSWORD", "pw")
             .stderr(Stdio::null())
             .spawn()
             .unwrap(),

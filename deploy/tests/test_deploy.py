@@ -130,8 +130,8 @@ def test_meters_run_where_the_values_ask(rendered):
                 assert container["restartPolicy"] == "Always"
             crawler = next(c for c in spec["containers"] if c["name"] == "crawler")
             env = {e["name"]: e.get("value") for e in crawler["env"]}
-            assert env["PROXY_URL"] == "http://127.0.0.1:3128"
-            assert env["VENDOR"] == component.removeprefix("load-")
+            assert env["PROXY_TELEMETRY_PROXY_URL"] == "http://127.0.0.1:3128"
+            assert env["PROXY_TELEMETRY_VENDOR"] == component.removeprefix("load-")
             assert doc["spec"]["template"]["metadata"]["labels"]["proxy-telemetry.io/meter"] == "true"
     else:
         assert load == set()

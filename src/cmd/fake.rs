@@ -12,36 +12,44 @@ use pt_fakes::vendor::FakeVendor;
 
 #[derive(clap::Args, Debug)]
 pub struct VendorArgs {
-    #[arg(long, env = "LISTEN", default_value = "0.0.0.0:8080")]
+    #[arg(long, env = "PROXY_TELEMETRY_LISTEN", default_value = "0.0.0.0:8080")]
     listen: SocketAddr,
     /// Basic credentials the vendor requires (none when unset).
-    #[arg(long, env = "VENDOR_USERNAME")]
+    #[arg(long, env = "PROXY_TELEMETRY_VENDOR_USERNAME")]
     username: Option<String>,
     #[arg(
         long,
-        env = "VENDOR_PASSWORD",
+        env = "PROXY_TELEMETRY_VENDOR_PASSWORD",
         hide_env_values = true,
         requires = "username"
     )]
     password: Option<String>,
     /// Where every destination's plain HTTP goes, `host:port` (an origin Service).
-    #[arg(long, env = "ORIGIN_HTTP")]
+    #[arg(long, env = "PROXY_TELEMETRY_ORIGIN_HTTP")]
     origin_http: String,
     /// Where every destination's HTTPS (CONNECT to port 443) goes, `host:port`.
-    #[arg(long, env = "ORIGIN_HTTPS")]
+    #[arg(long, env = "PROXY_TELEMETRY_ORIGIN_HTTPS")]
     origin_https: String,
 }
 
 #[derive(clap::Args, Debug)]
 pub struct OriginArgs {
-    #[arg(long, env = "HTTP_LISTEN", default_value = "0.0.0.0:8080")]
+    #[arg(
+        long,
+        env = "PROXY_TELEMETRY_HTTP_LISTEN",
+        default_value = "0.0.0.0:8080"
+    )]
     http: SocketAddr,
-    #[arg(long, env = "HTTPS_LISTEN", default_value = "0.0.0.0:8443")]
+    #[arg(
+        long,
+        env = "PROXY_TELEMETRY_HTTPS_LISTEN",
+        default_value = "0.0.0.0:8443"
+    )]
     https: SocketAddr,
     /// Certificate chain (PEM) for HTTPS; a throw-away self-signed one when unset.
-    #[arg(long, env = "TLS_CERT", requires = "key")]
+    #[arg(long, env = "PROXY_TELEMETRY_TLS_CERT", requires = "key")]
     cert: Option<PathBuf>,
-    #[arg(long, env = "TLS_KEY", requires = "cert")]
+    #[arg(long, env = "PROXY_TELEMETRY_TLS_KEY", requires = "cert")]
     key: Option<PathBuf>,
 }
 

@@ -15,7 +15,7 @@ pub struct WebhookArgs {
     /// The injector's configuration (YAML); see examples/injector.yaml and docs/transparent.md.
     #[arg(long, short, env = "PROXY_TELEMETRY_INJECTOR_CONFIG")]
     config: PathBuf,
-    #[arg(long, env = "LISTEN", default_value = "0.0.0.0:8443")]
+    #[arg(long, env = "PROXY_TELEMETRY_LISTEN", default_value = "0.0.0.0:8443")]
     listen: SocketAddr,
     /// The serving certificate (PEM chain), re-read when it changes.
     #[arg(long, default_value = "/etc/proxy-telemetry/tls/tls.crt")]

@@ -1,6 +1,7 @@
 //! `proxy-telemetry load`: a synthetic crawler fleet. Every option can come from an environment
 //! variable, so a Kubernetes Deployment runs it unchanged and `kubectl set env
-//! deployment/crawlers REQUESTS_PER_SECOND=200` rescales it.
+//! deployment/crawlers PROXY_TELEMETRY_REQUESTS_PER_SECOND=200` rescales it (the names without
+//! the prefix, which earlier releases read, still work: `cmd::LEGACY_ENV`).
 
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
@@ -14,37 +15,53 @@ use pt_load::plan::{LoadPlan, Stop, Target, VendorRoute, VendorShare, parse_weig
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// The proxy (the meter) every vendor without a proxy of its own is reached through.
-    #[arg(long, env = "PROXY_URL", default_value = "http://127.0.0.1:3128")]
+    #[arg(
+        long,
+        env = "PROXY_TELEMETRY_PROXY_URL",
+        default_value = "http://127.0.0.1:3128"
+    )]
     proxy: String,
     /// A vendor reached through a proxy of its own: NAME=http://host:port (repeatable, or
     /// comma-separated in the variable). Such requests carry no vendor header.
-    #[arg(long = "vendor-proxy", env = "VENDOR_PROXIES", value_delimiter = ',')]
+    #[arg(
+        long = "vendor-proxy",
+        env = "PROXY_TELEMETRY_VENDOR_PROXIES",
+        value_delimiter = ','
+    )]
     vendor_proxies: Vec<String>,
     /// Vendor weights, e.g. vendor-a=40,vendor-b=35,vendor-c=25.
     #[arg(
         long,
-        env = "VENDOR_WEIGHTS",
+        env = "PROXY_TELEMETRY_VENDOR_WEIGHTS",
         default_value = "vendor-a=40,vendor-b=35,vendor-c=25"
     )]
     vendors: String,
     /// Send everything to this one vendor (overrides --vendors).
-    #[arg(long, env = "VENDOR")]
+    #[arg(long, env = "PROXY_TELEMETRY_VENDOR")]
     vendor: Option<String>,
     /// The header naming the vendor on requests to the shared proxy.
-    #[arg(long, env = "VENDOR_HEADER", default_value = "X-Proxy-Vendor")]
+    #[arg(
+        long,
+        env = "PROXY_TELEMETRY_VENDOR_HEADER",
+        default_value = "X-Proxy-Vendor"
+    )]
     vendor_header: String,
     /// Simulated pods. With 1, the pod is POD_NAMESPACE/POD_NAME (a real pod's own identity).
-    #[arg(long, env = "PODS", default_value_t = 1)]
+    #[arg(long, env = "PROXY_TELEMETRY_PODS", default_value_t = 1)]
     pods: usize,
-    #[arg(long, env = "POD_NAMESPACE", default_value = "crawlers")]
+    #[arg(
+        long,
+        env = "PROXY_TELEMETRY_POD_NAMESPACE",
+        default_value = "crawlers"
+    )]
     namespace: String,
     /// The pod name, or the prefix of simulated pods' names (NAME-00, NAME-01, ...).
-    #[arg(long, env = "POD_NAME", default_value = "crawler")]
+    #[arg(long, env = "PROXY_TELEMETRY_POD_NAME", default_value = "crawler")]
     pod_name: String,
     /// Password sent with the pod identity as Proxy-Authorization (when the meter requires one).
     #[arg(
         long,
-        env = "PROXY_PASSWORD",
+        env = "PROXY_TELEMETRY_PROXY_PASSWORD",
         default_value = "",
         hide_env_values = true
     )]
@@ -58,36 +75,44 @@ pub struct Args {
     #[arg(long, env = "PROXY_TELEMETRY_VENDOR_PER_POD")]
     vendor_per_pod: bool,
     /// Requests per second per pod, scheduled open-loop.
-    #[arg(long, env = "REQUESTS_PER_SECOND", default_value_t = 100.0)]
+    #[arg(
+        long,
+        env = "PROXY_TELEMETRY_REQUESTS_PER_SECOND",
+        default_value_t = 100.0
+    )]
     rate: f64,
     /// Requests in flight per pod at most.
-    #[arg(long, env = "CONCURRENCY", default_value_t = 100)]
+    #[arg(long, env = "PROXY_TELEMETRY_CONCURRENCY", default_value_t = 100)]
     concurrency: usize,
     /// How long to run; 0 runs until SIGTERM or Ctrl-C.
-    #[arg(long, env = "DURATION", default_value = "30s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "PROXY_TELEMETRY_DURATION", default_value = "30s", value_parser = humantime::parse_duration)]
     duration: Duration,
     /// Stop after this many requests over all pods.
-    #[arg(long, env = "REQUESTS")]
+    #[arg(long, env = "PROXY_TELEMETRY_REQUESTS")]
     requests: Option<u64>,
     /// A target, `[METHOD] URL [h1|h2] [xWEIGHT] [body=SIZE|MIN-MAX] [tunnel=h1|h2]`
     /// (repeatable; `;`-separated in the variable).
     #[arg(
         long = "target",
-        env = "TARGETS",
+        env = "PROXY_TELEMETRY_TARGETS",
         value_delimiter = ';',
         required = true
     )]
     targets: Vec<String>,
     /// CA certificates (PEM) trusted for https:// targets; the Mozilla roots by default.
-    #[arg(long, env = "CA_FILE")]
+    #[arg(long, env = "PROXY_TELEMETRY_CA_FILE")]
     ca_file: Option<PathBuf>,
     /// Requests a connection or tunnel carries before a new one is opened.
-    #[arg(long, env = "REQUESTS_PER_CONNECTION", default_value_t = 50)]
+    #[arg(
+        long,
+        env = "PROXY_TELEMETRY_REQUESTS_PER_CONNECTION",
+        default_value_t = 50
+    )]
     requests_per_connection: u32,
-    #[arg(long, env = "REQUEST_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "PROXY_TELEMETRY_REQUEST_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     timeout: Duration,
     /// Write the ground-truth ledger (JSON) here.
-    #[arg(long, env = "LEDGER")]
+    #[arg(long, env = "PROXY_TELEMETRY_LEDGER")]
     ledger: Option<PathBuf>,
     #[arg(long, value_enum, default_value_t = Output::Text)]
     output: Output,

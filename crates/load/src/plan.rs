@@ -1,7 +1,7 @@
 //! What a load run does: how many pods, how fast, through which proxy, to which targets.
 //!
 //! Targets are written compactly, one per string, so they fit in a command line or an
-//! environment variable (`TARGETS`, separated by `;`):
+//! environment variable (`PROXY_TELEMETRY_TARGETS`, separated by `;`):
 //!
 //! ```text
 //! [METHOD] URL [h1|h2] [xWEIGHT] [body=SIZE|body=MIN-MAX] [tunnel=h1|h2]

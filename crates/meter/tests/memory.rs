@@ -92,5 +92,4 @@ async fn a_tunnel_waiting_for_its_client_holds_no_read_buffer_of_its_own() {
         per_tunnel < 8 * 1024,
         "an idle tunnel holds {per_tunnel} bytes of heap"
     );
-    eprintln!("an idle tunnel holds {per_tunnel} bytes of heap");
 }

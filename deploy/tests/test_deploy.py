@@ -456,6 +456,16 @@ def test_a_single_gateway_replica_gets_no_budget_that_blocks_node_drains():
     assert budgets({"replicas": 1, "hpa": {"enabled": True, "minReplicas": 3}})
 
 
+def test_the_notes_say_which_namespaces_the_injector_skips():
+    _, notes = render("injector")
+    assert "Pod Security level is baseline or restricted are skipped" in notes, notes
+    assert "kubectl get namespaces -l proxy-telemetry.io/inject=enabled -L pod-security.kubernetes.io/enforce" in notes
+    _, strict = render("injector", {"injector": {**values("injector")["injector"], "requirePrivilegedNamespace": True}})
+    assert "Only namespaces labelled pod-security.kubernetes.io/enforce=privileged are injected" in strict, strict
+    _, without = render("default")
+    assert "skipped" not in without and "are injected" not in without
+
+
 def test_the_notes_keep_their_paragraphs_with_and_without_the_injector():
     for profile in ("default", "injector"):
         _, notes = render(profile)

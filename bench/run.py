@@ -9,7 +9,8 @@ pt-bench) share core 0. CPU time comes from /proc/PID/stat around each scenario,
 /proc/PID/status. Every process started here is stopped by its PID.
 
 Usage: bench/run.sh [--duration SECONDS] [--proxies meter,meter-nolog,meter-off,envoy,squid,haproxy]
-Writes bench/results/latest.md and latest.json.
+Writes bench/results/latest.md and latest.json. `--duel ROUNDS` runs only the scenarios where
+the meter is held against HAProxy, in alternating rounds, and writes duel.md and duel.json.
 
 `--smoke` (tests/bench_smoke.rs): the same scenarios, small (1 s each, 8 MiB transfers, 50 held
 tunnels), for the meter and HAProxy, with given binaries, into a given directory: that the
@@ -447,6 +448,77 @@ def direct(bench_binary, duration):
     }
 
 
+DUEL = ("meter", "meter-nolog", "haproxy")
+DUEL_SCENARIOS = (
+    ("keepalive_us", "keep-alive GET 10 KiB: CPU µs per request"),
+    ("new_connection_us", "new connection per request: CPU µs per request"),
+    ("tunnel_us", "CONNECT tunnel set-up + 1 request: CPU µs per tunnel (HAProxy L4)"),
+    ("paced_p99_added_ms", "paced 1,000 req/s: added p99 ms"),
+)
+
+
+def duel_round(name, meter_binary, bench_binary, duration, direct_p99):
+    """One round of the scenarios where the meter and HAProxy are compared, for `name`."""
+    print(f"== {name}")
+    proc = start_proxy(name, meter_binary)
+    via = route(name)
+    try:
+        ka = measured(proc, lambda: wrk(PORTS[name], duration))
+        nc = measured(proc, lambda: wrk(PORTS[name], duration, ["-H", "Connection: close"]))
+        churn = measured(proc, lambda: bench(bench_binary, ["churn", *via(HTTP), "--duration", f"{duration}s"]))
+        # HAProxy L7 takes origin-form requests to its fixed upstream.
+        paced_route = (["--l4", f"127.0.0.1:{PORTS[name]}", "--target", f"127.0.0.1:{HTTP}"] if name == "haproxy"
+                       else via(HTTP))
+        paced = bench(bench_binary, ["paced", *paced_route, "--path", "/10k", "--rate", "1000",
+                                     "--duration", f"{duration}s"])
+    finally:
+        proc.stop()
+    return {"keepalive_us": ka["cpu_s"] / ka["requests"] * 1e6,
+            "new_connection_us": nc["cpu_s"] / nc["requests"] * 1e6,
+            "tunnel_us": churn["cpu_s"] / max(churn["tunnels"], 1) * 1e6,
+            "paced_p99_added_ms": paced["p99_ms"] - direct_p99}
+
+
+def duel(meter_binary, bench_binary, duration, rounds):
+    """The meter, the meter without its access log and HAProxy, in alternating rounds (the order
+    rotating each round, so that a machine getting busier or quieter favours none), with the
+    direct paced p99 measured in each round: per-round ratios, and their median."""
+    runs = {name: [] for name in DUEL}
+    for i in range(rounds):
+        print(f"== round {i + 1} of {rounds}")
+        direct_p99 = bench(bench_binary, ["paced", "--target", f"127.0.0.1:{HTTP}", "--path", "/10k", "--rate", "1000",
+                                          "--duration", f"{duration}s"])["p99_ms"]
+        for name in DUEL[i % len(DUEL):] + DUEL[:i % len(DUEL)]:
+            runs[name].append(duel_round(name, meter_binary, bench_binary, duration, direct_p99))
+    return runs
+
+
+def duel_report(runs, duration):
+    median = lambda values: sorted(values)[len(values) // 2]
+    rounds = len(runs["haproxy"])
+    lines = [
+        f"Measured {time.strftime('%Y-%m-%d')} on {os.cpu_count()} cores ({platform_line()}), `bench/run.sh --duel {rounds}`: "
+        f"the meter, the meter without its access log and HAProxy in {rounds} alternating rounds, {duration} s per scenario, "
+        "the order rotating each round; medians, and the meter's ratio to HAProxy in each round.",
+        "",
+        "| scenario | meter | meter-nolog | HAProxy | meter / HAProxy, median (each round) | meter-nolog / HAProxy, median |",
+        "|---|---|---|---|---|---|",
+    ]
+    for key, label in DUEL_SCENARIOS:
+        values = {name: [r[key] for r in runs[name]] for name in DUEL}
+        if key == "paced_p99_added_ms":
+            ratio = lambda name: [f"{a - b:+.2f} ms" for a, b in zip(values[name], values["haproxy"])]
+            lines.append(f"| {label} | {median(values['meter']):+.2f} | {median(values['meter-nolog']):+.2f} "
+                         f"| {median(values['haproxy']):+.2f} | difference: {', '.join(ratio('meter'))} | "
+                         f"{', '.join(ratio('meter-nolog'))} |")
+            continue
+        ratios = lambda name: [a / b for a, b in zip(values[name], values["haproxy"])]
+        lines.append(f"| {label} | {median(values['meter']):.1f} | {median(values['meter-nolog']):.1f} "
+                     f"| {median(values['haproxy']):.1f} | {median(ratios('meter')):.2f}× "
+                     f"({', '.join(f'{r:.2f}' for r in ratios('meter'))}) | {median(ratios('meter-nolog')):.2f}× |")
+    return "\n".join(lines) + "\n"
+
+
 def per_10k(cpu, count):
     return cpu / count * 10_000 if count else float("nan")
 
@@ -512,6 +584,8 @@ def main():
     parser.add_argument("--duration", type=int, default=15)
     parser.add_argument("--proxies", default="meter,meter-nolog,meter-off,envoy,squid,haproxy")
     parser.add_argument("--smoke", action="store_true", help="small and quick: that it runs (see above)")
+    parser.add_argument("--duel", type=int, metavar="ROUNDS",
+                        help="only the meter against HAProxy, in this many alternating rounds (writes duel.md)")
     parser.add_argument("--binary", type=Path, help="the proxy-telemetry binary (default: build release)")
     parser.add_argument("--pt-bench", type=Path, help="the pt-bench binary (default: build release)")
     parser.add_argument("--work", type=Path, help="scratch directory (default: $BENCH_WORK or /tmp/pt-bench)")
@@ -522,6 +596,8 @@ def main():
         if args.proxies == parser.get_default("proxies"):
             args.proxies = "meter,haproxy"
     WORK = args.work or WORK
+    if args.duel:
+        args.proxies = ",".join(DUEL)
     if os.cpu_count() < 2:
         sys.exit("the benchmark pins proxies and clients to separate cores: it needs two")
     ensure_tools(args.proxies.split(","))
@@ -536,6 +612,14 @@ def main():
     try:
         wait_port(HTTP)
         wait_port(HTTPS)
+        if args.duel:
+            runs = duel(meter_binary, bench_binary, args.duration, args.duel)
+            args.out.mkdir(parents=True, exist_ok=True)
+            (args.out / "duel.json").write_text(json.dumps(runs, indent=2))
+            table = duel_report(runs, args.duration)
+            (args.out / "duel.md").write_text(table)
+            print(table)
+            return
         results["direct"] = direct(bench_binary, args.duration)
         if "loadgen" in args.proxies.split(",") or args.proxies == parser.get_default("proxies"):
             results["loadgen"] = loadgen(meter_binary, args.duration)

@@ -1,8 +1,8 @@
-//! The benchmark (`bench/run.sh`) and the syscall count (`bench/syscalls.sh`), small: every
-//! scenario for a second through the meter and HAProxy, with this build's binaries. Their
-//! figures are not asserted (a debug build on a shared machine measures nothing); what must hold
-//! is that both still run end to end and that no scenario saw an error: a benchmark that broke
-//! quietly would publish a table of zeros.
+//! The benchmark (`bench/run.sh`, and its `--duel` against HAProxy) and the syscall count
+//! (`bench/syscalls.sh`), small: every scenario for a second through the meter and HAProxy,
+//! with this build's binaries. Their figures are not asserted (a debug build on a shared machine
+//! measures nothing); what must hold is that they still run end to end and that no scenario saw
+//! an error: a benchmark that broke quietly would publish a table of zeros.
 //!
 //! Needs nginx, wrk, HAProxy and openssl (`scripts/test.sh` installs them), two cores (the
 //! benchmark pins the proxy and the clients apart) and root for strace; fails, never skips,
@@ -79,6 +79,31 @@ fn the_benchmark_and_the_syscall_count_run_small_without_errors() {
         table.contains("| meter |") && table.contains("| haproxy |"),
         "{table}"
     );
+
+    // The duel: the same scenarios in alternating rounds (one, here), with a ratio per scenario.
+    let status = Command::new("python3")
+        .arg(root.join("bench/run.py"))
+        .args(["--smoke", "--duel", "1", "--binary", meter, "--pt-bench"])
+        .arg(&pt_bench)
+        .arg("--work")
+        .arg(&work)
+        .arg("--out")
+        .arg(&out)
+        .status()
+        .expect("run bench/run.py --duel");
+    assert!(
+        status.success(),
+        "bench/run.py --smoke --duel 1 failed: {status}"
+    );
+    let duel: Value =
+        serde_json::from_slice(&std::fs::read(out.join("duel.json")).expect("duel.json"))
+            .expect("duel.json is JSON");
+    for proxy in ["meter", "meter-nolog", "haproxy"] {
+        let round = &duel[proxy][0];
+        for key in ["keepalive_us", "new_connection_us", "tunnel_us"] {
+            assert!(round[key].as_f64() > Some(0.0), "{proxy} {key}: {round:#}");
+        }
+    }
 
     let counted = Command::new("python3")
         .arg(root.join("bench/syscalls.py"))

@@ -28,21 +28,27 @@ fn the_benchmark_and_the_syscall_count_run_small_without_errors() {
     );
     let work = std::env::temp_dir().join(format!("pt-bench-smoke-{}", std::process::id()));
     let out = work.join("results");
-    let status = Command::new("python3")
-        .arg(root.join("bench/run.py"))
-        .args(["--smoke", "--binary", meter, "--pt-bench"])
-        .arg(&pt_bench)
-        .arg("--work")
-        .arg(&work)
-        .arg("--out")
-        .arg(&out)
-        .status()
-        .expect("run bench/run.py");
-    assert!(status.success(), "bench/run.py --smoke failed: {status}");
+    // bench/run.py --smoke with `extra` arguments; its JSON result `file`.
+    let smoke = |extra: &[&str], file: &str| -> Value {
+        let status = Command::new("python3")
+            .arg(root.join("bench/run.py"))
+            .args(["--smoke", "--binary", meter, "--pt-bench"])
+            .arg(&pt_bench)
+            .args(extra)
+            .arg("--work")
+            .arg(&work)
+            .arg("--out")
+            .arg(&out)
+            .status()
+            .expect("run bench/run.py");
+        assert!(
+            status.success(),
+            "bench/run.py --smoke {extra:?} failed: {status}"
+        );
+        serde_json::from_slice(&std::fs::read(out.join(file)).expect(file)).expect("JSON")
+    };
 
-    let results: Value =
-        serde_json::from_slice(&std::fs::read(out.join("latest.json")).expect("latest.json"))
-            .expect("latest.json is JSON");
+    let results = smoke(&[], "latest.json");
     for proxy in ["meter", "haproxy"] {
         let r = &results[proxy];
         for scenario in ["keepalive", "new_connection"] {
@@ -81,23 +87,7 @@ fn the_benchmark_and_the_syscall_count_run_small_without_errors() {
     );
 
     // The duel: the same scenarios in alternating rounds (one, here), with a ratio per scenario.
-    let status = Command::new("python3")
-        .arg(root.join("bench/run.py"))
-        .args(["--smoke", "--duel", "1", "--binary", meter, "--pt-bench"])
-        .arg(&pt_bench)
-        .arg("--work")
-        .arg(&work)
-        .arg("--out")
-        .arg(&out)
-        .status()
-        .expect("run bench/run.py --duel");
-    assert!(
-        status.success(),
-        "bench/run.py --smoke --duel 1 failed: {status}"
-    );
-    let duel: Value =
-        serde_json::from_slice(&std::fs::read(out.join("duel.json")).expect("duel.json"))
-            .expect("duel.json is JSON");
+    let duel = smoke(&["--duel", "1"], "duel.json");
     for proxy in ["meter", "meter-nolog", "haproxy"] {
         let round = &duel[proxy][0];
         for key in ["keepalive_us", "new_connection_us", "tunnel_us"] {

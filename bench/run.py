@@ -356,6 +356,14 @@ def route(name):
     return lambda target: ["--proxy", f"127.0.0.1:{PORTS[name]}", "--target", f"127.0.0.1:{target}"]
 
 
+def paced_route(name):
+    """How the paced client reaches the origin's plain HTTP through `name`: HAProxy L7 takes
+    origin-form requests to its fixed upstream, the others are forward proxies."""
+    if name == "haproxy":
+        return ["--l4", f"127.0.0.1:{PORTS[name]}", "--target", f"127.0.0.1:{HTTP}"]
+    return route(name)(HTTP)
+
+
 def run_proxy(name, meter_binary, bench_binary, duration):
     print(f"== {name}")
     proc = start_proxy(name, meter_binary)
@@ -372,11 +380,7 @@ def run_proxy(name, meter_binary, bench_binary, duration):
                 "paced", *via(HTTP), "--path", "/10k", "--rate", str(FIXED_RATE), "--connections", "64",
                 "--duration", f"{duration}s"]))
         results["new_connection"] = measured(proc, lambda: wrk(PORTS[name], duration, ["-H", "Connection: close"]))
-        paced_route = ["--l4", f"127.0.0.1:{PORTS[name]}", "--target", f"127.0.0.1:{HTTP}"] if name == "haproxy" else via(HTTP)
-        if name == "haproxy":
-            # HAProxy L7 takes origin-form requests to its fixed upstream.
-            paced_route = ["--l4", f"127.0.0.1:{PORTS[name]}", "--target", f"127.0.0.1:{HTTP}"]
-        results["paced"] = measured(proc, lambda: bench(bench_binary, ["paced", *paced_route, "--path", "/10k",
+        results["paced"] = measured(proc, lambda: bench(bench_binary, ["paced", *paced_route(name), "--path", "/10k",
                                                                         "--rate", "1000", "--duration", f"{duration}s"]))
         results["churn"] = measured(proc, lambda: bench(bench_binary, ["churn", *via(HTTP), "--duration", f"{duration}s"]))
         results["transfer_plain"] = measured(proc, lambda: median_transfer(bench_binary, ["transfer", *via(HTTP), "--path", "/bulk"]))
@@ -466,10 +470,7 @@ def duel_round(name, meter_binary, bench_binary, duration, direct_p99):
         ka = measured(proc, lambda: wrk(PORTS[name], duration))
         nc = measured(proc, lambda: wrk(PORTS[name], duration, ["-H", "Connection: close"]))
         churn = measured(proc, lambda: bench(bench_binary, ["churn", *via(HTTP), "--duration", f"{duration}s"]))
-        # HAProxy L7 takes origin-form requests to its fixed upstream.
-        paced_route = (["--l4", f"127.0.0.1:{PORTS[name]}", "--target", f"127.0.0.1:{HTTP}"] if name == "haproxy"
-                       else via(HTTP))
-        paced = bench(bench_binary, ["paced", *paced_route, "--path", "/10k", "--rate", "1000",
+        paced = bench(bench_binary, ["paced", *paced_route(name), "--path", "/10k", "--rate", "1000",
                                      "--duration", f"{duration}s"])
     finally:
         proc.stop()

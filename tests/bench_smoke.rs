@@ -49,6 +49,14 @@ fn the_benchmark_and_the_syscall_count_run_small_without_errors() {
     };
 
     let results = smoke(&[], "latest.json");
+    // The direct transfers: the bodies, and a response head beside each of them.
+    for transfer in ["transfer_plain", "transfer_tls"] {
+        let bytes = results["direct"][transfer]["bytes"].as_u64().unwrap_or(0);
+        assert!(
+            (SMOKE_TRANSFER_BYTES..SMOKE_TRANSFER_BYTES + 5 * 1024).contains(&bytes),
+            "direct {transfer}: {bytes} bytes"
+        );
+    }
     for proxy in ["meter", "haproxy"] {
         let r = &results[proxy];
         for scenario in ["keepalive", "new_connection"] {
@@ -68,11 +76,10 @@ fn the_benchmark_and_the_syscall_count_run_small_without_errors() {
             "{proxy}: {r:#}"
         );
         for transfer in ["transfer_plain", "transfer_tls"] {
-            // The bodies, and the response heads beside them.
-            let bytes = r[transfer]["bytes"].as_u64().unwrap_or(0);
-            assert!(
-                (SMOKE_TRANSFER_BYTES..SMOKE_TRANSFER_BYTES + 4096).contains(&bytes),
-                "{proxy} {transfer}: {bytes} bytes"
+            // Through the proxy, to the byte what came from the origin directly.
+            assert_eq!(
+                r[transfer]["bytes"], results["direct"][transfer]["bytes"],
+                "{proxy} {transfer}"
             );
         }
         assert!(

@@ -147,20 +147,28 @@ fn curl(args: &[&str]) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
+/// An origin serving shop-a.test with `pki`'s certificate, and a fake vendor routing to it that
+/// requires these credentials (none without).
+fn shop_a_vendor(
+    runtime: &tokio::runtime::Runtime,
+    pki: &TestPki,
+    credentials: Option<(&str, &str)>,
+) -> (FakeVendor, Origin) {
+    runtime.block_on(async {
+        let origin = Origin::start(pki).await.unwrap();
+        let mut builder = FakeVendor::builder().route("shop-a.test", &origin);
+        if let Some((username, password)) = credentials {
+            builder = builder.credentials(username, password);
+        }
+        (builder.start().await.unwrap(), origin)
+    })
+}
+
 #[test]
 fn curl_through_the_meter_binary_is_metered_exactly() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let pki = TestPki::new(&["shop-a.test"]);
-    let (vendor, _origin) = runtime.block_on(async {
-        let origin = Origin::start(&pki).await.unwrap();
-        let vendor = FakeVendor::builder()
-            .credentials("meter", "cli-vendor-secret")
-            .route("shop-a.test", &origin)
-            .start()
-            .await
-            .unwrap();
-        (vendor, origin)
-    });
+    let (vendor, _origin) = shop_a_vendor(&runtime, &pki, Some(("meter", "cli-vendor-secret")));
     let dir = temp_dir("curl");
     let config = dir.join("meter.yaml");
     std::fs::write(
@@ -766,15 +774,7 @@ fn a_kept_alive_request_costs_the_meter_few_syscalls() {
     // writes a response's head and body apart, so some take two reads).
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let pki = TestPki::new(&["shop-a.test"]);
-    let (vendor, _origin) = runtime.block_on(async {
-        let origin = Origin::start(&pki).await.unwrap();
-        let vendor = FakeVendor::builder()
-            .route("shop-a.test", &origin)
-            .start()
-            .await
-            .unwrap();
-        (vendor, origin)
-    });
+    let (vendor, _origin) = shop_a_vendor(&runtime, &pki, None);
     let dir = temp_dir("syscalls");
     let config = dir.join("meter.yaml");
     std::fs::write(

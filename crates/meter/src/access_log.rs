@@ -10,6 +10,8 @@ use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use pt_sniff::authority::Dotted;
+
 /// One access-log line.
 #[derive(Debug)]
 pub struct AccessRecord<'a> {
@@ -48,7 +50,16 @@ impl AccessRecord<'_> {
         out.push_str("{\"ts\":\"");
         timestamp(&mut out);
         out.push_str("\",\"client\":\"");
-        let _ = std::fmt::Write::write_fmt(&mut out, format_args!("{}", self.client));
+        match self.client {
+            std::net::SocketAddr::V4(client) => {
+                out.push_str(Dotted::new(*client.ip()).as_str());
+                out.push(':');
+                out.push_str(itoa::Buffer::new().format(client.port()));
+            }
+            client => {
+                let _ = std::fmt::Write::write_fmt(&mut out, format_args!("{client}"));
+            }
+        }
         out.push('"');
         field(&mut out, "vendor", self.vendor);
         field(&mut out, "namespace", self.namespace);
@@ -369,6 +380,14 @@ mod tests {
         let value: serde_json::Value = serde_json::from_str(&short.to_json()).unwrap();
         assert_eq!(value["duration_ms"], 5.007);
         assert!(value.get("url").is_none() && value.get("alpn").is_none());
+        for client in ["[2001:db8::7]:443", "10.200.0.9:5"] {
+            let record = AccessRecord {
+                client: client.parse().unwrap(),
+                ..short
+            };
+            let value: serde_json::Value = serde_json::from_str(&record.to_json()).unwrap();
+            assert_eq!(value["client"], client);
+        }
     }
 
     #[test]

@@ -7,13 +7,15 @@
 //! [`Attribution`] saw and one [`Outcome`]. Callers drop the vendor socket before the exchange,
 //! so that the bytes still unread at close (counted by the socket wrapper) are in the line too.
 
+use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use prometheus_client::metrics::counter::Counter;
 use pt_metrics::caps::Name;
 use pt_metrics::labels::{
-    DestinationLabels, LatencyLabels, PodIdentity, PodLabels, Protocol, RejectReason,
-    RequestLabels, StatusClass, TunnelInner, UpstreamErrorReason,
+    LatencyLabels, PodIdentity, PodLabels, Protocol, RejectReason, RequestLabels, StatusClass,
+    TunnelInner, UpstreamErrorReason,
 };
 use pt_sniff::Host;
 use pt_sniff::destination::IP_LITERAL;
@@ -37,6 +39,18 @@ impl Side {
             Side::Client => "client",
             Side::Vendor => "vendor",
         }
+    }
+}
+
+/// A request's method for its log line: the registered ones (RFC 9110 §9, RFC 5789) without
+/// an allocation per request.
+fn method_name(method: &str) -> Cow<'static, str> {
+    const KNOWN: [&str; 9] = [
+        "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
+    ];
+    match KNOWN.iter().find(|known| **known == method) {
+        Some(known) => Cow::Borrowed(known),
+        None => Cow::Owned(method.to_owned()),
     }
 }
 
@@ -72,10 +86,15 @@ pub struct Exchange {
     destination: Destination,
     host: String,
     port: u16,
-    method: String,
+    method: Cow<'static, str>,
     url: Option<String>,
     client: SocketAddr,
     attribution: Arc<Attribution>,
+    /// The pod's 2xx request counter (`None` when metering is off): the series held from the
+    /// start, so that counting a success costs no label lookup.
+    succeeded: Option<Counter>,
+    /// The destination's request counter, once the destination label is known.
+    destination_requests: Option<Counter>,
     started: Instant,
     status: Option<u16>,
     outcome: Outcome,
@@ -101,24 +120,31 @@ impl Exchange {
         } else {
             Destination::Known(metering.destination(&spec.vendor, spec.host))
         };
-        let destination_counters = match &destination {
+        let (destination_requests, destination_counters) = match &destination {
             Destination::Known(Some(name)) => {
-                Some(metering.destination_counters(&spec.vendor, name))
+                let (requests, bytes) = metering.destination_counters(&spec.vendor, name);
+                (Some(requests), Some(bytes))
             }
-            _ => None,
+            _ => (None, None),
         };
         let pod = PodLabels::new(&spec.vendor, &spec.identity);
         let pod_counters = metering.pod_counters(&pod);
-        if metering.enabled() {
-            // Create the 2xx request series now, at zero, so `increase()` sees its first request.
-            let _ = metering.metrics.requests.get_or_create(&RequestLabels::new(
-                pod,
-                spec.protocol,
-                StatusClass::Success,
-            ));
-        }
+        // The 2xx request series, created now at zero so that `increase()` sees its first
+        // request, and kept: most exchanges end there.
+        let succeeded = metering.enabled().then(|| {
+            metering
+                .metrics
+                .requests
+                .get_or_create_owned(&RequestLabels::new(
+                    pod,
+                    spec.protocol,
+                    StatusClass::Success,
+                ))
+        });
         Exchange {
             attribution: Arc::new(Attribution::new(pod_counters, destination_counters)),
+            succeeded,
+            destination_requests,
             metering,
             vendor: spec.vendor,
             identity: spec.identity,
@@ -126,7 +152,7 @@ impl Exchange {
             destination,
             host: spec.host.to_string(),
             port: spec.port,
-            method: spec.method.to_owned(),
+            method: method_name(spec.method),
             url: spec.url,
             client: spec.client,
             started: Instant::now(),
@@ -269,15 +295,22 @@ impl Exchange {
         if !self.metering.enabled() {
             return;
         }
-        self.metering
-            .metrics
-            .requests
-            .get_or_create(&RequestLabels::new(
-                PodLabels::new(&self.vendor, &self.identity),
-                self.protocol,
-                class,
-            ))
-            .inc();
+        match &self.succeeded {
+            Some(counter) if class == StatusClass::Success => {
+                counter.inc();
+            }
+            _ => {
+                self.metering
+                    .metrics
+                    .requests
+                    .get_or_create(&RequestLabels::new(
+                        PodLabels::new(&self.vendor, &self.identity),
+                        self.protocol,
+                        class,
+                    ))
+                    .inc();
+            }
+        }
         self.count_destination();
     }
 
@@ -285,19 +318,10 @@ impl Exchange {
         if self.destination_counted || !self.counted {
             return;
         }
-        if let Destination::Known(name) = &self.destination {
+        if let Destination::Known(_) = &self.destination {
             self.destination_counted = true;
-            if let Some(name) = name
-                && self.metering.enabled()
-            {
-                self.metering
-                    .metrics
-                    .destination_requests
-                    .get_or_create(&DestinationLabels {
-                        proxy_vendor: self.vendor.clone(),
-                        destination: name.clone(),
-                    })
-                    .inc();
+            if let Some(requests) = &self.destination_requests {
+                requests.inc();
             }
         }
     }
@@ -323,8 +347,9 @@ impl Exchange {
             None => self.metering.destination_named(&self.vendor, IP_LITERAL),
         };
         if let Some(name) = &name {
-            let counters = self.metering.destination_counters(&self.vendor, name);
-            self.attribution.resolve_destination(counters);
+            let (requests, bytes) = self.metering.destination_counters(&self.vendor, name);
+            self.destination_requests = Some(requests);
+            self.attribution.resolve_destination(bytes);
         }
         self.destination = Destination::Known(name);
         self.count_destination();

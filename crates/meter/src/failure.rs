@@ -89,6 +89,7 @@ impl Failure {
                 | RejectReason::PortNotAllowed
                 | RejectReason::DestinationNotAllowed
                 | RejectReason::Loop => 403,
+                RejectReason::MethodNotAllowed => 405,
                 RejectReason::Overloaded
                 | RejectReason::ShuttingDown
                 | RejectReason::VendorConnectionLimit => 503,
@@ -149,6 +150,7 @@ impl Failure {
                 RejectReason::AuthFailed => "proxy authentication failed".into(),
                 RejectReason::SourceNotAllowed => "this client address may not use the proxy".into(),
                 RejectReason::PortNotAllowed => "the destination port is not allowed".into(),
+                RejectReason::MethodNotAllowed => "TRACE is not forwarded".into(),
                 RejectReason::DestinationNotAllowed => "the destination address is not allowed".into(),
                 RejectReason::Loop => "the destination is this proxy itself".into(),
                 RejectReason::Overloaded => "the proxy is at its connection limit".into(),
@@ -252,6 +254,11 @@ mod tests {
                 "destination_not_allowed",
             ),
             (Failure::Rejected(RejectReason::Loop), 403, "loop"),
+            (
+                Failure::Rejected(RejectReason::MethodNotAllowed),
+                405,
+                "method_not_allowed",
+            ),
             (
                 Failure::Rejected(RejectReason::Overloaded),
                 503,

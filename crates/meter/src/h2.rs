@@ -5,7 +5,10 @@
 //! of the accept, however the bytes trickle ([`pt_sniff::h2::FirstRequest`] watches them on their
 //! way in). A connection with no open stream for `limits.client_idle_timeout` is sent GOAWAY and
 //! closed, whatever PINGs or SETTINGS it sends meanwhile; while it has no open stream its slot may
-//! be reclaimed for a new client. Every stream needs a vendor connection, taken from the global
+//! be reclaimed for a new client. So is a connection whose request streams all stopped moving for
+//! that long (a body that stops coming, a client whose flow-control window stays shut): only body
+//! bytes and new streams count as progress, not PINGs. A request is admitted (credentials,
+//! vendor, destination) on its header block, before any of its body is read. Every stream needs a vendor connection, taken from the global
 //! bound ([`crate::vendor`]); past it, a stream is answered 503 and counted.
 //!
 //! Each request goes to its vendor as HTTP/1.1 over the same pooled connections and the same
@@ -19,7 +22,7 @@ use std::convert::Infallible;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::task::{Context as TaskContext, Poll, ready};
 use std::time::Duration;
 
@@ -35,7 +38,7 @@ use pt_config::VendorIndex;
 use pt_metrics::labels::{Protocol, RejectReason, UpstreamErrorReason};
 use pt_sniff::h2::FirstRequest;
 use pt_sniff::http1::{Body, Framing, RequestKind};
-use pt_sniff::request::parse_http_authority;
+use pt_sniff::request::{RequestError, kind_of, parse_http_authority};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
@@ -79,12 +82,12 @@ pub async fn serve(
         scan: Some(FirstRequest::default()),
         first: first.clone(),
     };
-    let (streams, mut open) = watch::channel(0usize);
-    let streams = Arc::new(streams);
+    let (streams, mut open) = Streams::new();
+    let watched = streams.clone();
     let service_ctx = ctx.clone();
     let service = service_fn(move |request: Request<Incoming>| {
         let ctx = service_ctx.clone();
-        let guard = StreamGuard::new(streams.clone());
+        let guard = StreamGuard::new(streams.clone(), request.method() != Method::CONNECT);
         async move { Ok::<_, Infallible>(handle(ctx, conn, guard, request).await) }
     });
     let limits = &ctx.limits;
@@ -124,6 +127,11 @@ pub async fn serve(
                 connection.as_mut().graceful_shutdown();
                 closing = Some(Instant::now() + GOAWAY_GRACE);
             }
+            () = watched.stuck(limits.client_idle_timeout), if closing.is_none() && idle_since.is_none() => {
+                tracing::debug!(peer = %conn.peer, "no request stream moved a byte: closing");
+                connection.as_mut().graceful_shutdown();
+                closing = Some(Instant::now() + GOAWAY_GRACE);
+            }
             () = slot.reclaimed(), if closing.is_none() => {
                 connection.as_mut().graceful_shutdown();
                 closing = Some(Instant::now() + GOAWAY_GRACE);
@@ -145,20 +153,68 @@ async fn sleep_until_some(deadline: Option<Instant>) {
     }
 }
 
+/// The streams of one client connection, as its task watches them.
+#[derive(Debug)]
+struct Streams {
+    /// Open streams: requests and tunnels.
+    open: watch::Sender<usize>,
+    /// Open request streams (tunnels have their own idle timeout).
+    requests: AtomicUsize,
+    /// When a request stream last began or moved body bytes, to or from the client or its
+    /// vendor. PINGs and SETTINGS do not count: they keep no request going.
+    progress: Activity,
+}
+
+impl Streams {
+    fn new() -> (Arc<Streams>, watch::Receiver<usize>) {
+        let (open, watched) = watch::channel(0);
+        let streams = Streams {
+            open,
+            requests: AtomicUsize::new(0),
+            progress: Activity::default(),
+        };
+        (Arc::new(streams), watched)
+    }
+
+    /// Resolves once request streams are open and none moved a byte for `timeout`: a client
+    /// that stopped sending its body or reading its responses (its flow-control window at
+    /// zero), or vendors gone quiet mid-body, on every stream at once.
+    async fn stuck(&self, timeout: Duration) {
+        self.progress
+            .idle(timeout, || self.requests.load(Ordering::Relaxed) == 0)
+            .await;
+    }
+}
+
 /// Counts a stream as open until dropped (with its response body, or its tunnel).
 #[derive(Debug)]
-struct StreamGuard(Arc<watch::Sender<usize>>);
+struct StreamGuard {
+    streams: Arc<Streams>,
+    request: bool,
+}
 
 impl StreamGuard {
-    fn new(open: Arc<watch::Sender<usize>>) -> StreamGuard {
-        open.send_modify(|n| *n += 1);
-        StreamGuard(open)
+    fn new(streams: Arc<Streams>, request: bool) -> StreamGuard {
+        if request {
+            streams.requests.fetch_add(1, Ordering::Relaxed);
+            streams.progress.touch();
+        }
+        streams.open.send_modify(|n| *n += 1);
+        StreamGuard { streams, request }
+    }
+
+    /// Body bytes moved on this stream.
+    fn moved(&self) {
+        self.streams.progress.touch();
     }
 }
 
 impl Drop for StreamGuard {
     fn drop(&mut self) {
-        self.0.send_modify(|n| *n = n.saturating_sub(1));
+        if self.request {
+            self.streams.requests.fetch_sub(1, Ordering::Relaxed);
+        }
+        self.streams.open.send_modify(|n| *n = n.saturating_sub(1));
     }
 }
 
@@ -337,13 +393,7 @@ async fn connect(
         },
         url: None,
     };
-    let admitted = lifecycle::admit(
-        &ctx.gate,
-        &ctx.metering,
-        &ctx.vendors,
-        &conn,
-        &meter_request,
-    );
+    let admitted = lifecycle::admit(&ctx.gate, &ctx.metering, &ctx.vendors, &conn, meter_request);
     let Admitted {
         vendor,
         mut exchange,
@@ -467,6 +517,18 @@ async fn forward(
         // `*` (or anything but an origin-form path) has no absolute form to forward.
         return refuse(bad);
     }
+    // The same field rules as HTTP/1.1: as many fields, and no name that a vendor mapping `_`
+    // to `-` would read as framing or credentials.
+    if parts.headers.len() > ctx.limits.max_headers {
+        return refuse(Failure::Malformed(RequestError::TooManyHeaders));
+    }
+    if let Some(error) = parts
+        .headers
+        .keys()
+        .find_map(|name| kind_of(name.as_str().as_bytes()).err())
+    {
+        return refuse(Failure::Malformed(error));
+    }
     let host = if explicit_port {
         target.to_string()
     } else {
@@ -477,18 +539,11 @@ async fn forward(
         Some(name) => values(&parts.headers, name),
         None => Vec::new(),
     };
-    // A body that fits in hand is read whole before anything goes to the vendor: a length
-    // mismatch or forbidden trailers are refused with nothing forwarded, and the request can be
-    // sent again on a fresh connection.
     let length = parts
         .headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    let body = match gather(body).await {
-        Ok(body) => body,
-        Err(failure) => return refuse(failure),
-    };
     let meter_request = MeterRequest {
         protocol: Protocol::H2,
         method: &method,
@@ -499,13 +554,7 @@ async fn forward(
         },
         url: Some(redact_target(&host, path)),
     };
-    let admitted = lifecycle::admit(
-        &ctx.gate,
-        &ctx.metering,
-        &ctx.vendors,
-        &conn,
-        &meter_request,
-    );
+    let admitted = lifecycle::admit(&ctx.gate, &ctx.metering, &ctx.vendors, &conn, meter_request);
     let Admitted {
         vendor,
         mut exchange,
@@ -514,6 +563,20 @@ async fn forward(
         Ok(admitted) => admitted,
         Err(refused) => {
             return answer(refused.failure, refused.vendor.as_ref().map(|v| v.as_str()));
+        }
+    };
+    // Admitted first (credentials, vendor, destination), then the body: a client the meter
+    // refuses gets nothing read. A body that fits in hand is read whole before anything goes to
+    // the vendor: a length mismatch or forbidden trailers are refused with nothing forwarded,
+    // and the request can be sent again on a fresh connection.
+    let body = match gather(body, &guard).await {
+        Ok(body) => body,
+        Err(error) => {
+            exchange.failed(&error);
+            if error.failure == Failure::ClientGone {
+                return Response::new(empty());
+            }
+            return answer(error.failure, Some(vendor.name.as_str()));
         }
     };
     let vendor_index = ctx
@@ -564,11 +627,7 @@ async fn forward(
     } else {
         RequestKind::Other
     };
-    let replayable = framing == Framing::Empty
-        && matches!(
-            method.as_str(),
-            "GET" | "HEAD" | "OPTIONS" | "TRACE" | "PUT" | "DELETE"
-        );
+    let replayable = framing == Framing::Empty && message::idempotent(&method);
     let mut body = Some(body);
     let mut retried = false;
     loop {
@@ -587,7 +646,16 @@ async fn forward(
             Some(RequestBody::InHand(data)) => Some(RequestBody::InHand(data.clone())),
             _ => body.take(),
         };
-        let sent = send(&ctx, &mut vendor_conn, &head, attempt, framing, kind).await;
+        let sent = send(
+            &ctx,
+            &mut vendor_conn,
+            &head,
+            attempt,
+            framing,
+            kind,
+            &guard,
+        )
+        .await;
         match sent {
             Ok(Sent {
                 head: response,
@@ -661,6 +729,7 @@ async fn send(
     body: Option<RequestBody>,
     framing: Framing,
     kind: RequestKind,
+    guard: &StreamGuard,
 ) -> Result<Sent, Failed> {
     let stream = &mut conn.stream;
     let (read, write) = (&mut stream.read, &mut stream.write);
@@ -675,7 +744,7 @@ async fn send(
                 let chunked = framing == Framing::Chunked;
                 write.write_all(head).await.map_err(reset)?;
                 write_data(write, &first, chunked).await.map_err(reset)?;
-                upload(rest, write, chunked).await?;
+                upload(rest, write, chunked, guard).await?;
             }
         }
         Ok::<(), Error>(())
@@ -706,6 +775,7 @@ async fn send(
                 Err(error) => return Err(Failed { error, stale: false }),
             },
             head = &mut response => {
+                guard.moved();
                 return match head {
                     Ok(Ok((head, buf))) => Ok(Sent { head, buf, upload_done }),
                     Ok(Err((error, nothing))) => Err(Failed {
@@ -735,11 +805,12 @@ enum RequestBody {
 }
 
 /// Reads the body while it fits in hand; refuses trailers no trailer section may carry.
-async fn gather(mut body: Incoming) -> Result<RequestBody, Failure> {
+async fn gather(mut body: Incoming, guard: &StreamGuard) -> Result<RequestBody, Error> {
     let mut data = BytesMut::new();
     while let Some(frame) = body.frame().await {
         // The HTTP/2 layer reset the stream (a length mismatch, say): the client gets no answer.
-        let frame = frame.map_err(|_| Failure::ClientGone)?;
+        let frame = frame.map_err(|e| Error::new(Failure::ClientGone, io::Error::other(e)))?;
+        guard.moved();
         match frame.into_data() {
             Ok(chunk) => {
                 data.extend_from_slice(&chunk);
@@ -791,10 +862,12 @@ async fn upload<W: AsyncWrite + Unpin>(
     mut body: Incoming,
     to: &mut W,
     chunked: bool,
+    guard: &StreamGuard,
 ) -> Result<(), Error> {
     let reset = |e: io::Error| Error::new(Failure::Upstream(UpstreamErrorReason::Reset), e);
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| Error::new(Failure::ClientGone, io::Error::other(e)))?;
+        guard.moved();
         match frame.into_data() {
             Ok(data) => write_data(to, &data, chunked).await.map_err(reset)?,
             Err(frame) => check_trailers(frame)?,
@@ -849,8 +922,7 @@ fn respond(mut parts: ResponseParts) -> Response<ResponseBody> {
             response.headers_mut().append(name, value);
         }
     }
-    let keeps_alive =
-        message::response_keeps_alive(&raw) && parts.head.framing != Framing::UntilClose;
+    let keeps_alive = parts.head.keep_alive && parts.head.framing != Framing::UntilClose;
     let body = VendorBody {
         conn: Some(parts.conn),
         buf: parts.raw,
@@ -858,7 +930,7 @@ fn respond(mut parts: ResponseParts) -> Response<ResponseBody> {
         reusable: keeps_alive && parts.reusable_request,
         pool: Some((parts.ctx, parts.vendor, parts.key)),
         exchange: Some(parts.exchange),
-        _guard: parts.guard,
+        guard: parts.guard,
         finished: false,
     };
     *response.body_mut() = body.boxed_unsync();
@@ -874,7 +946,7 @@ struct VendorBody {
     reusable: bool,
     pool: Option<(Arc<Context>, VendorIndex, PoolKey)>,
     exchange: Option<Exchange>,
-    _guard: StreamGuard,
+    guard: StreamGuard,
     finished: bool,
 }
 
@@ -921,6 +993,8 @@ impl HttpBody for VendorBody {
                 if run > 0 {
                     let data = this.buf.split_to(run.min(this.buf.len())).freeze();
                     let _ = this.body.advance(&data);
+                    // Asked for more: the client's window had room for the last.
+                    this.guard.moved();
                     return Poll::Ready(Some(Ok(Frame::data(data))));
                 }
                 match this.body.advance_framing(&this.buf) {

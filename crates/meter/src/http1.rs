@@ -279,7 +279,7 @@ async fn establish(
         },
         url: None,
     };
-    let admitted = lifecycle::admit(&ctx.gate, &ctx.metering, &ctx.vendors, conn, &request);
+    let admitted = lifecycle::admit(&ctx.gate, &ctx.metering, &ctx.vendors, conn, request);
     let Admitted {
         vendor,
         mut exchange,

@@ -22,7 +22,7 @@ use std::sync::Arc;
 
 use pt_config::{MeterConfig, SecurityConfig, VendorIndex};
 use pt_metrics::caps::Name;
-use pt_metrics::labels::Protocol;
+use pt_metrics::labels::{Protocol, RejectReason};
 use pt_sniff::Authority;
 use secrecy::SecretString;
 
@@ -138,7 +138,7 @@ pub fn admit<'v>(
     metering: &Arc<Metering>,
     vendors: &'v Vendors,
     conn: &ConnInfo,
-    request: &Request<'_>,
+    request: Request<'_>,
 ) -> Result<Admitted<'v>, Refused> {
     let refused = |failure: Failure, vendor: Option<&Vendor>| {
         refuse(
@@ -156,6 +156,14 @@ pub fn admit<'v>(
             proxy_authorization,
             vendor_header,
         } => {
+            // A vendor answers TRACE with the request it received, the vendor credentials the
+            // meter added included. (A captured request carries the crawler's own.)
+            if request.method.eq_ignore_ascii_case("TRACE") {
+                return Err(refused(
+                    Failure::Rejected(RejectReason::MethodNotAllowed),
+                    None,
+                ));
+            }
             let credentials = match client_credentials(proxy_authorization) {
                 Ok(c) => c,
                 // A malformed header only matters when the meter requires client credentials.
@@ -170,7 +178,7 @@ pub fn admit<'v>(
                 .choose(conn.listener_vendor, vendor_header, username)
                 .map_err(|f| refused(f, None))?;
             let vendor = &vendors.list[index];
-            check_destination(gate, request).map_err(|f| refused(f, Some(vendor)))?;
+            check_destination(gate, &request).map_err(|f| refused(f, Some(vendor)))?;
             let identity = gate
                 .identity
                 .resolve(&metering.metrics, conn.peer, username);
@@ -195,7 +203,7 @@ pub fn admit<'v>(
             host: &request.target.host,
             port: request.target.port,
             method: request.method,
-            url: request.url.clone(),
+            url: request.url,
             client: conn.peer,
         },
     );

@@ -7,6 +7,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use prometheus_client::metrics::counter::Counter;
 use pt_config::DestinationKey;
 use pt_metrics::Metrics;
 use pt_metrics::caps::Name;
@@ -150,20 +151,29 @@ impl Metering {
         self.enabled && self.destination_key.is_some()
     }
 
-    /// The byte counters of a destination label, its request series created at zero.
-    pub fn destination_counters(&self, vendor: &Name, destination: &Name) -> CounterPair {
+    /// The request counter (its series created at zero) and the byte counters of a
+    /// destination label.
+    pub fn destination_counters(
+        &self,
+        vendor: &Name,
+        destination: &Name,
+    ) -> (Counter, CounterPair) {
         let labels = DestinationLabels {
             proxy_vendor: vendor.clone(),
             destination: destination.clone(),
         };
-        let _ = self.metrics.destination_requests.get_or_create(&labels);
         (
             self.metrics
-                .destination_sent_bytes
+                .destination_requests
                 .get_or_create_owned(&labels),
-            self.metrics
-                .destination_received_bytes
-                .get_or_create_owned(&labels),
+            (
+                self.metrics
+                    .destination_sent_bytes
+                    .get_or_create_owned(&labels),
+                self.metrics
+                    .destination_received_bytes
+                    .get_or_create_owned(&labels),
+            ),
         )
     }
 

@@ -302,7 +302,7 @@ impl Captured {
             url,
         };
         let ctx = &self.ctx;
-        lifecycle::admit(&ctx.gate, &ctx.metering, &ctx.vendors, &self.conn, &request)
+        lifecycle::admit(&ctx.gate, &ctx.metering, &ctx.vendors, &self.conn, request)
             .ok()
             .map(|admitted| admitted.exchange)
     }

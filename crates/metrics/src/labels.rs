@@ -172,6 +172,9 @@ pub enum RejectReason {
     SourceNotAllowed,
     /// The destination port is not allowed for this kind of request.
     PortNotAllowed,
+    /// TRACE (405): the vendor would reflect the request it received, with the vendor
+    /// credentials the meter adds.
+    MethodNotAllowed,
     /// The destination is a loopback, private, link-local or otherwise refused address.
     DestinationNotAllowed,
     /// The connection limit is reached.
@@ -198,6 +201,7 @@ impl RejectReason {
             RejectReason::AuthFailed => "auth_failed",
             RejectReason::SourceNotAllowed => "source_not_allowed",
             RejectReason::PortNotAllowed => "port_not_allowed",
+            RejectReason::MethodNotAllowed => "method_not_allowed",
             RejectReason::DestinationNotAllowed => "destination_not_allowed",
             RejectReason::Overloaded => "overloaded",
             RejectReason::ShuttingDown => "shutting_down",

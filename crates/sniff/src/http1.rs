@@ -15,6 +15,7 @@
 //! crawler and its vendor settle between themselves what the bytes mean.
 
 use crate::authority::{Authority, parse_authority, parse_host};
+use crate::request::names_framing;
 
 /// Most header fields parsed in one head. Browsers send about 20, vendors answer with fewer;
 /// a head with more is treated as not understood (opaque), never refused.
@@ -92,6 +93,8 @@ pub struct ResponseHead {
     pub framing: Framing,
     /// Length of the head in bytes, including the blank line.
     pub len: usize,
+    /// HTTP/1.1 without `Connection: close`: the connection may carry another request.
+    pub keep_alive: bool,
 }
 
 /// Why a head or body could not be followed.
@@ -190,11 +193,27 @@ pub fn parse_response_head(
             BodyLength::Unspecified | BodyLength::OtherCoding => Framing::UntilClose,
         }
     };
+    // HTTP/1.1 without `Connection: close`; a `Connection` naming the framing fields is
+    // ambiguous (see `names_framing`).
+    let mut keep_alive = response.version == Some(1);
+    for header in response.headers.iter() {
+        let connection = header.name.eq_ignore_ascii_case("connection");
+        if !connection && !header.name.eq_ignore_ascii_case("proxy-connection") {
+            continue;
+        }
+        for token in split_list(header.value) {
+            if names_framing(token) {
+                return Err(FramingError::Ambiguous);
+            }
+            keep_alive &= !(connection && token.eq_ignore_ascii_case(b"close"));
+        }
+    }
     Ok(Some(ResponseHead {
         status,
         interim,
         framing,
         len,
+        keep_alive,
     }))
 }
 
@@ -613,6 +632,35 @@ mod tests {
             other,
         );
         assert!(!head.interim && head.framing == Framing::Tunnel);
+    }
+
+    #[test]
+    fn a_response_whose_connection_names_its_framing_is_ambiguous() {
+        for head in [
+            "HTTP/1.1 200 OK\r\nConnection: Content-Length\r\nContent-Length: 3\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nConnection: close, transfer-encoding\r\nTransfer-Encoding: chunked\r\n\r\n",
+        ] {
+            assert_eq!(
+                parse_response_head(head.as_bytes(), 64 * 1024, RequestKind::Other),
+                Err(FramingError::Ambiguous),
+                "{head:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn only_http_1_1_without_connection_close_keeps_the_connection() {
+        let other = RequestKind::Other;
+        let keeps = |text: &str| response(text, other).keep_alive;
+        assert!(keeps("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"));
+        assert!(keeps(
+            "HTTP/1.1 200 OK\r\nConnection: keep-alive, X-Hop\r\nContent-Length: 0\r\n\r\n"
+        ));
+        assert!(!keeps("HTTP/1.1 200 OK\r\nConnection: Close\r\n\r\n"));
+        assert!(!keeps(
+            "HTTP/1.1 200 OK\r\nConnection: X-Hop ,close\r\nContent-Length: 0\r\n\r\n"
+        ));
+        assert!(!keeps("HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n"));
     }
 
     /// Feeds `input` in pieces of `piece` bytes; returns the bytes consumed and whether done.

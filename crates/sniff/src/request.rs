@@ -58,6 +58,8 @@ pub enum RequestError {
     CodingInHttp10,
     #[error("an HTTP/1.1 request needs exactly one Host field")]
     Host,
+    #[error("Connection names Content-Length or Transfer-Encoding")]
+    ConnectionNamesFraming,
     #[error("the request target is not absolute-form http:// (or authority-form for CONNECT)")]
     TargetForm,
     #[error("the request target has userinfo or a fragment")]
@@ -121,7 +123,9 @@ const KINDS: [(&str, FieldKind); 11] = [
     ("expect", FieldKind::Expect),
 ];
 
-fn kind_of(name: &[u8]) -> Result<FieldKind, RequestError> {
+/// The kind of a field name; a name that equals a known one once `_` is read as `-` is refused
+/// (a hop that maps `_` to `-` would read framing or credentials the meter did not).
+pub fn kind_of(name: &[u8]) -> Result<FieldKind, RequestError> {
     for (known, kind) in KINDS {
         if name.len() != known.len() {
             continue;
@@ -276,6 +280,11 @@ pub fn parse_request(buf: &[u8], limits: HeadLimits) -> Result<Option<RequestHea
             FieldKind::Host => hosts += 1,
             FieldKind::Connection | FieldKind::ProxyConnection => {
                 for token in list(value) {
+                    // A hop must drop the fields its Connection names: dropping the framing
+                    // would hand the next hop a body it reads as a request of its own.
+                    if names_framing(token) {
+                        return Err(RequestError::ConnectionNamesFraming);
+                    }
                     close |= token.eq_ignore_ascii_case(b"close");
                     keep_alive_token |= token.eq_ignore_ascii_case(b"keep-alive");
                 }
@@ -324,6 +333,15 @@ pub fn parse_request(buf: &[u8], limits: HeadLimits) -> Result<Option<RequestHea
         expect_continue: expect_continue && framing != Framing::Empty,
         len: end,
     }))
+}
+
+/// Whether a `Connection` token names a field that frames the message. A hop removes the
+/// fields its `Connection` names (RFC 9110 §7.6.1); removing these would leave the next hop
+/// framing the body differently from the meter (request smuggling), so such a message is
+/// refused instead.
+pub fn names_framing(token: &[u8]) -> bool {
+    token.eq_ignore_ascii_case(b"content-length")
+        || token.eq_ignore_ascii_case(b"transfer-encoding")
 }
 
 /// Refuses a LF not preceded by CR, and a CR not followed by LF (where the next byte is known).
@@ -625,6 +643,20 @@ mod tests {
             ),
             ("Content_Length: 3\r\n", RequestError::LookalikeHeaderName),
             ("Expect: 200-ok\r\n", RequestError::Expectation),
+            // The meter would frame the body by the length and then drop the field: the
+            // vendor would read the body as a request of its own.
+            (
+                "Connection: Content-Length\r\nContent-Length: 3\r\n",
+                RequestError::ConnectionNamesFraming,
+            ),
+            (
+                "Connection: keep-alive, transfer-encoding\r\nTransfer-Encoding: chunked\r\n",
+                RequestError::ConnectionNamesFraming,
+            ),
+            (
+                "Proxy-Connection: content-length\r\nContent-Length: 3\r\n",
+                RequestError::ConnectionNamesFraming,
+            ),
         ] {
             assert_eq!(refused(&post(fields)), error, "{fields:?}");
         }

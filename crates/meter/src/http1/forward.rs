@@ -11,6 +11,7 @@
 //! once, on a fresh connection, when it is idempotent and its body is in hand (as nginx and
 //! HAProxy do). The failed attempt's bytes stay counted: the vendor saw them.
 
+use std::borrow::Cow;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -18,6 +19,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::{Buf, BytesMut};
 use pt_metrics::labels::{Protocol, RejectReason, UpstreamErrorReason};
+use pt_sniff::Host;
 use pt_sniff::http1::{Body, Framing, RequestKind};
 use pt_sniff::request::{FieldKind, PathRange, RequestHead, RequestTarget, Version};
 use tokio::io::AsyncWriteExt;
@@ -43,7 +45,7 @@ enum Attempt {
     Done {
         vendor_reusable: bool,
         keep_client: bool,
-        tail: Vec<u8>,
+        tail: Tail,
     },
     /// The vendor closed a reused connection before answering anything: worth one retry.
     Stale(Error),
@@ -51,6 +53,15 @@ enum Attempt {
     Failed { error: Error, answered: bool },
     /// The meter's grace period ended while the exchange ran.
     Stopped,
+}
+
+/// The end of a response, held back until the vendor connection is back in its pool: the head
+/// when the whole response came in its first read, and the body's last piece (split off the
+/// read buffer, not copied).
+#[derive(Default)]
+struct Tail {
+    head: Vec<u8>,
+    body: BytesMut,
 }
 
 /// A client connection's response timeout: one timer for the connection's life, created at its
@@ -91,16 +102,25 @@ pub async fn forward(
     else {
         return false;
     };
-    let method = String::from_utf8_lossy(&buf[head.method.clone()]).into_owned();
-    let path_text = match path {
-        PathRange::Root => "/".to_owned(),
-        PathRange::In(range) => String::from_utf8_lossy(&buf[range.clone()]).into_owned(),
-        PathRange::Query(range) => format!("/{}", String::from_utf8_lossy(&buf[range.clone()])),
-    };
-    let host = if *explicit_port {
-        authority.to_string()
+    // Borrowed from the head where they can be: the request's strings are read, not kept.
+    let method = String::from_utf8_lossy(&buf[head.method.clone()]);
+    let replayable_method = message::idempotent(&method);
+    let kind = if method == "HEAD" {
+        RequestKind::Head
     } else {
-        authority.host.to_string()
+        RequestKind::Other
+    };
+    let path_text = match path {
+        PathRange::Root => Cow::Borrowed("/"),
+        PathRange::In(range) => String::from_utf8_lossy(&buf[range.clone()]),
+        PathRange::Query(range) => {
+            Cow::Owned(format!("/{}", String::from_utf8_lossy(&buf[range.clone()])))
+        }
+    };
+    let host = match &authority.host {
+        Host::Name(name) if !*explicit_port => Cow::Borrowed(&**name),
+        _ if *explicit_port => Cow::Owned(authority.to_string()),
+        other => Cow::Owned(other.to_string()),
     };
     let authorization = values(buf, head, FieldKind::ProxyAuthorization, None);
     let vendor_header = match &ctx.gate.vendor_header {
@@ -119,7 +139,7 @@ pub async fn forward(
     };
     // A refused request without a body leaves the connection in step; with one, it closes.
     let no_body = head.framing == Framing::Empty;
-    let admitted = lifecycle::admit(&ctx.gate, &ctx.metering, &ctx.vendors, conn, &request);
+    let admitted = lifecycle::admit(&ctx.gate, &ctx.metering, &ctx.vendors, conn, request);
     let Admitted {
         vendor,
         mut exchange,
@@ -134,11 +154,10 @@ pub async fn forward(
             return keep;
         }
     };
-    let scheme_host = format!("http://{host}");
-    let target: [&[u8]; 2] = if vendor.is_direct() {
-        [b"", path_text.as_bytes()]
+    let target: [&[u8]; 3] = if vendor.is_direct() {
+        [b"", b"", path_text.as_bytes()]
     } else {
-        [scheme_host.as_bytes(), path_text.as_bytes()]
+        [b"http://", host.as_bytes(), path_text.as_bytes()]
     };
     let vendor_authorization = vendor.proxy_authorization(client_authorization.as_deref());
     let out = message::request_head(
@@ -153,12 +172,7 @@ pub async fn forward(
     );
     buf.advance(head.len);
     let in_hand = body_in_hand(head.framing, buf);
-    let replayable = idempotent(&method) && in_hand.is_some();
-    let kind = if method == "HEAD" {
-        RequestKind::Head
-    } else {
-        RequestKind::Other
-    };
+    let replayable = replayable_method && in_hand.is_some();
     let plan = Plan {
         out: &out,
         framing: head.framing,
@@ -209,7 +223,7 @@ pub async fn forward(
                 } else {
                     drop(vendor_conn);
                 }
-                if let Err(e) = client.write_all(&tail).await {
+                if let Err(e) = message::write_two(client, &tail.head, &tail.body).await {
                     exchange.failed(&Error::new(Failure::ClientGone, e));
                     return false;
                 }
@@ -274,14 +288,6 @@ fn body_in_hand(framing: Framing, buf: &[u8]) -> Option<usize> {
     let mut body = Body::new(framing);
     let progress = body.advance(buf).ok()?;
     progress.done.then_some(progress.consumed)
-}
-
-/// Methods whose request can be sent twice with the effect of once (RFC 9110 §9.2.2).
-fn idempotent(method: &str) -> bool {
-    matches!(
-        method,
-        "GET" | "HEAD" | "OPTIONS" | "TRACE" | "PUT" | "DELETE"
-    )
 }
 
 /// How the request pump ended.
@@ -418,14 +424,14 @@ async fn once(
             let raw = rbuf.split_to(head.len);
             let until_close = head.framing == Framing::UntilClose;
             let dechunk = plan.http10 && head.framing == Framing::Chunked;
-            let vendor_keeps = message::response_keeps_alive(&raw) && !until_close;
+            let vendor_keeps = head.keep_alive && !until_close;
             let keep_client =
                 plan.client_keep_alive && !until_close && !ctx.drain.draining.is_cancelled();
             let out = message::response_head(&raw, !keep_client, dechunk).ok_or(Error::from(
                 Failure::Upstream(UpstreamErrorReason::Protocol),
             ))?;
             let mut body = Body::new(head.framing);
-            let mut tail = Vec::new();
+            let mut tail = Tail::default();
             if dechunk {
                 client_write
                     .write_all(&out)
@@ -437,20 +443,21 @@ async fn once(
                 let progress = body
                     .advance(&rbuf)
                     .map_err(|_| Error::from(Failure::Upstream(UpstreamErrorReason::Protocol)))?;
-                let first = &rbuf[..progress.consumed];
                 if progress.done {
-                    tail.extend_from_slice(&out);
-                    tail.extend_from_slice(first);
+                    tail = Tail {
+                        head: out,
+                        body: rbuf.split_to(progress.consumed),
+                    };
                 } else {
-                    message::write_two(&mut client_write, &out, first)
+                    message::write_two(&mut client_write, &out, &rbuf[..progress.consumed])
                         .await
                         .map_err(|e| Error::new(Failure::ClientGone, e))?;
+                    rbuf.advance(progress.consumed);
                 }
-                rbuf.advance(progress.consumed);
             }
             answered.store(true, Ordering::Relaxed);
             let mode = if dechunk { Mode::Dechunked } else { Mode::AsIs };
-            let held = (!dechunk).then_some(&mut tail);
+            let held = (!dechunk).then_some(&mut tail.body);
             match message::forward_body(
                 &mut body,
                 &mut rbuf,

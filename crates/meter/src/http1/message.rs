@@ -42,16 +42,16 @@ pub enum Mode {
 
 /// Forwards the rest of `body` from `buf` (bytes already read) and then `from`, to `to`. On
 /// success the body's bytes are gone from `buf`, and what followed them (the next message) is
-/// still there. With `last`, the piece that completes the body is not written but left there,
-/// for the caller to write once it has put the source connection back in its pool (so that the
-/// client's next request finds it there).
+/// still there. With `last`, the piece that completes the body is not written but moved there
+/// (split off `buf`, not copied), for the caller to write once it has put the source connection
+/// back in its pool (so that the client's next request finds it there).
 pub async fn forward_body<R, W>(
     body: &mut Body,
     buf: &mut BytesMut,
     from: &mut R,
     to: &mut W,
     mode: Mode,
-    mut last: Option<&mut Vec<u8>>,
+    mut last: Option<&mut BytesMut>,
 ) -> Result<(), BodyError>
 where
     R: AsyncRead + Unpin + ?Sized,
@@ -65,12 +65,15 @@ where
                     let progress = body
                         .advance(buf)
                         .map_err(|_: FramingError| BodyError::Framing)?;
-                    let piece = &buf[..progress.consumed];
                     match last.as_deref_mut() {
-                        Some(held) if progress.done => held.extend_from_slice(piece),
-                        _ => to.write_all(piece).await.map_err(BodyError::Sink)?,
+                        Some(held) if progress.done => *held = buf.split_to(progress.consumed),
+                        _ => {
+                            to.write_all(&buf[..progress.consumed])
+                                .await
+                                .map_err(BodyError::Sink)?;
+                            buf.advance(progress.consumed);
+                        }
                     }
-                    buf.advance(progress.consumed);
                 }
                 Mode::Dechunked => dechunk(body, buf, to).await?,
             }
@@ -121,6 +124,14 @@ async fn dechunk<W: AsyncWrite + Unpin + ?Sized>(
         }
     }
     Ok(())
+}
+
+/// Methods whose request can be sent twice with the effect of once (RFC 9110 §9.2.2).
+pub fn idempotent(method: &str) -> bool {
+    matches!(
+        method,
+        "GET" | "HEAD" | "OPTIONS" | "TRACE" | "PUT" | "DELETE"
+    )
 }
 
 /// Writes `a` then `b` in as few syscalls as the socket allows (a head and the start of its
@@ -288,23 +299,6 @@ fn response_kind(name: &str) -> FieldKind {
         .map_or(FieldKind::Other, |(_, kind)| *kind)
 }
 
-/// Whether a vendor's response lets the connection be reused: HTTP/1.1 without
-/// `Connection: close`.
-pub fn response_keeps_alive(raw: &[u8]) -> bool {
-    let mut storage = [httparse::EMPTY_HEADER; MAX_RESPONSE_FIELDS];
-    let mut response = httparse::Response::new(&mut storage);
-    if !matches!(response.parse(raw), Ok(httparse::Status::Complete(_))) {
-        return false;
-    }
-    response.version == Some(1)
-        && !response.headers.iter().any(|h| {
-            h.name.eq_ignore_ascii_case("connection")
-                && h.value
-                    .split(|&b| b == b',')
-                    .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"))
-        })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -350,11 +344,6 @@ mod tests {
                 .unwrap()
                 .contains("Transfer-Encoding")
         );
-        assert!(response_keeps_alive(raw));
-        assert!(!response_keeps_alive(
-            b"HTTP/1.1 200 OK\r\nConnection: Close\r\n\r\n"
-        ));
-        assert!(!response_keeps_alive(b"HTTP/1.0 200 OK\r\n\r\n"));
     }
 
     #[tokio::test]

@@ -265,6 +265,31 @@ pub fn malformed() -> Vec<H2Case> {
             ),
             Outcome::Answered(403, Some("port_not_allowed".into())),
         ),
+        // A vendor that reads `_` as `-` would take these for framing (HTTP/1.1 refuses them too).
+        case(
+            "transfer_encoding",
+            headers(
+                1,
+                &with(post(), &[(b"transfer_encoding", b"chunked")]),
+                true,
+            ),
+            bad_request(),
+        ),
+        case(
+            "content_length",
+            headers(1, &with(post(), &[(b"content_length", b"5")]), true),
+            bad_request(),
+        ),
+        case(
+            "more fields than limits.max_headers",
+            headers(1, &with(get(), &[(&b"x-a"[..], &b"1"[..]); 101]), true),
+            Outcome::Answered(431, Some("head_too_large".into())),
+        ),
+        case(
+            "TRACE",
+            headers(1, &replace(get(), b":method", b"TRACE"), true),
+            Outcome::Answered(405, Some("method_not_allowed".into())),
+        ),
         case(
             "trailers with content-length",
             {

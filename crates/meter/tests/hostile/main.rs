@@ -150,6 +150,24 @@ async fn an_open_proxy_is_refused_to_clients_without_the_password() {
     let cases = open_proxy::credentials();
     let failures = harness::run_with_health(&meter, &vendor, &cases, &open_proxy::healthy()).await;
     harness::assert_none(&failures, cases.len());
+
+    // An HTTP/2 request without credentials is refused on its header block: the meter reads
+    // none of a body that is still coming (three bytes of ten).
+    let mut client = h2raw::Client::connect(meter.proxy()).await;
+    let post = [
+        (&b":method"[..], &b"POST"[..]),
+        (b":scheme", b"http"),
+        (b":authority", b"shop-a.test"),
+        (b":path", b"/up"),
+        (b"content-length", b"10"),
+    ];
+    let mut frames = h2raw::headers(1, &post, false);
+    frames.extend(h2raw::frame(h2raw::DATA, 0, 1, b"abc"));
+    client.send(&frames).await;
+    assert_eq!(
+        client.outcome(1, Duration::from_secs(5)).await,
+        h2raw::Outcome::Answered(407, Some("auth_required".into()))
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -281,6 +299,54 @@ async fn slow_and_silent_clients_are_closed_at_their_timeouts() {
         format!("{answered:?}, then {outcome:?} after {took:?}"),
     );
 
+    // HTTP/2 streams that stop moving, on a connection kept busy with PINGs: a body that stops
+    // coming, and a client that lets no response data through (its stream window at zero).
+    // The connection is sent GOAWAY at the idle timeout and closed.
+    let window_zero = h2raw::frame(h2raw::SETTINGS, 0, 0, &[0, 4, 0, 0, 0, 0]);
+    let post = [
+        (&b":method"[..], &b"POST"[..]),
+        (b":scheme", b"http"),
+        (b":authority", b"shop-a.test"),
+        (b":path", b"/up"),
+        (b"content-length", b"10"),
+    ];
+    for (name, frames) in [
+        ("an HTTP/2 body that stops coming", {
+            let mut f = h2raw::headers(1, &post, false);
+            f.extend(h2raw::frame(h2raw::DATA, 0, 1, b"abc"));
+            f
+        }),
+        ("an HTTP/2 client that stops reading", {
+            let mut f = window_zero.clone();
+            f.extend(h2raw::headers(
+                1,
+                &h2raw::get_fields(b"/bytes/2000000"),
+                true,
+            ));
+            f
+        }),
+    ] {
+        let mut client = h2raw::Client::connect(address).await;
+        client.send(&frames).await;
+        let started = std::time::Instant::now();
+        let mut outcome = h2raw::Outcome::Silent;
+        for i in 0..200u64 {
+            client
+                .send(&h2raw::frame(h2raw::PING, 0, 0, &i.to_be_bytes()))
+                .await;
+            outcome = client.outcome(0, Duration::from_millis(50)).await;
+            if outcome != h2raw::Outcome::Silent {
+                break;
+            }
+        }
+        let took = Some(started.elapsed());
+        check(
+            name,
+            outcome == h2raw::Outcome::GoAway(0) && at(took, idle),
+            format!("{outcome:?} after {took:?}"),
+        );
+    }
+
     // A keep-alive connection after its request: closed at the idle timeout.
     let mut stream = TcpStream::connect(address).await.unwrap();
     stream.write_all(request).await.unwrap();
@@ -335,7 +401,7 @@ async fn slow_and_silent_clients_are_closed_at_their_timeouts() {
         format!("logged after {took:?}: {line}"),
     );
     drop(stream);
-    harness::assert_none(&failures, 8);
+    harness::assert_none(&failures, 10);
     assert_eq!(
         harness::send(&world.meter, harness::HEALTHY).await.status,
         Some(200)

@@ -100,6 +100,16 @@ pub fn ports_and_vendors() -> Vec<Case> {
             not_allowed,
         ));
     }
+    // A vendor answers TRACE with the request it received: the credentials the meter adds for
+    // it would come back to the client.
+    for method in ["TRACE", "trace"] {
+        cases.push(Case::new(
+            CLASS,
+            format!("{method} with Max-Forwards: 0"),
+            format!("{method} http://shop-a.test/ HTTP/1.1\r\nHost: x\r\nMax-Forwards: 0\r\n\r\n"),
+            Expect::RefusedKeepingConnection(405, "method_not_allowed"),
+        ));
+    }
     // A refused request without a body leaves the connection in step: it stays open.
     cases.push(Case::new(
         CLASS,

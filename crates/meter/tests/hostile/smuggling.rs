@@ -124,6 +124,16 @@ pub fn cases() -> Vec<Case> {
             "Transfer_Encoding: chunked\r\nContent-Length: 3\r\n",
         ),
         ("Content_Length", "Content_Length: 3\r\n"),
+        // A hop drops what its Connection names: the vendor would get the body without its
+        // length and read it as a request the meter never admitted.
+        (
+            "Connection names CL",
+            "Connection: Content-Length\r\nContent-Length: 3\r\n",
+        ),
+        (
+            "Connection names TE",
+            "Connection: keep-alive, Transfer-Encoding\r\nTransfer-Encoding: chunked\r\n",
+        ),
         ("TRANSFER_ENCODING", "TRANSFER_ENCODING: chunked\r\n"),
         ("Keep_Alive", "Keep_Alive: 5\r\nContent-Length: 3\r\n"),
         (

@@ -38,7 +38,7 @@ use pt_config::VendorIndex;
 use pt_metrics::labels::{Protocol, RejectReason, UpstreamErrorReason};
 use pt_sniff::h2::FirstRequest;
 use pt_sniff::http1::{Body, Framing, RequestKind};
-use pt_sniff::request::{RequestError, kind_of, parse_http_authority};
+use pt_sniff::request::{FieldKind, RequestError, kind_of, parse_http_authority};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
@@ -902,23 +902,14 @@ fn respond(mut parts: ResponseParts) -> Response<ResponseBody> {
     let mut response = Response::new(empty());
     *response.status_mut() =
         StatusCode::from_u16(parts.head.status).unwrap_or(StatusCode::BAD_GATEWAY);
-    for field in parsed.headers.iter() {
-        let Ok(name) = HeaderName::from_bytes(field.name.as_bytes()) else {
-            continue;
-        };
-        let hop_by_hop = [
-            header::CONNECTION,
-            header::TRANSFER_ENCODING,
-            header::TE,
-            header::UPGRADE,
-            header::PROXY_AUTHENTICATE,
-            HeaderName::from_static("keep-alive"),
-            HeaderName::from_static("proxy-connection"),
-        ];
-        if hop_by_hop.contains(&name) {
+    // As to an HTTP/1.1 client, and without `Transfer-Encoding`: DATA frames carry the body.
+    for (name, value, kind) in message::forwarded_response_fields(parsed.headers) {
+        if kind == FieldKind::TransferEncoding {
             continue;
         }
-        if let Ok(value) = HeaderValue::from_bytes(field.value) {
+        if let (Ok(name), Ok(value)) =
+            (HeaderName::from_bytes(name), HeaderValue::from_bytes(value))
+        {
             response.headers_mut().append(name, value);
         }
     }

@@ -20,7 +20,7 @@ use std::time::Duration;
 use bytes::{Buf, BytesMut};
 use pt_metrics::labels::Protocol;
 use pt_sniff::request::{
-    FieldKind, HeadLimits, RequestError, RequestHead, RequestTarget, parse_request,
+    FieldKind, HeadLimits, RequestError, RequestHead, RequestTarget, parse_request_from,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -142,9 +142,10 @@ async fn read_head(
     buf: &mut BytesMut,
     limits: HeadLimits,
 ) -> Result<Option<RequestHead>, RequestError> {
+    let mut scanned = 0;
     loop {
         if !buf.is_empty()
-            && let Some(head) = parse_request(buf, limits)?
+            && let Some(head) = parse_request_from(buf, limits, &mut scanned)?
         {
             return Ok(Some(head));
         }

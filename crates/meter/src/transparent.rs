@@ -347,6 +347,18 @@ struct Inbound<R> {
 /// Bytes reserved per read while interpreting a stream.
 const READ_CHUNK: usize = 16 * 1024;
 
+/// How much an incomplete head may grow before it is parsed again without a blank line having
+/// arrived (to notice a malformed or oversized one): parsing it again after every read would
+/// cost time quadratic in its length when it comes a byte at a time.
+const REPARSE_EVERY: usize = 4 * 1024;
+
+/// Whether a blank line (`\n\n`, or `\n\r\n`) ends in `buf` past `from`: the only way a head
+/// that was incomplete at `from` can be complete now.
+fn blank_line_since(buf: &[u8], from: usize) -> bool {
+    (from.max(1)..buf.len())
+        .any(|i| buf[i] == b'\n' && (buf[i - 1] == b'\n' || (i >= 2 && &buf[i - 2..i] == b"\n\r")))
+}
+
 impl<R: AsyncRead + Unpin> Inbound<R> {
     fn new(io: R, buf: BytesMut) -> Inbound<R> {
         Inbound { io, buf }
@@ -365,11 +377,37 @@ impl<R: AsyncRead + Unpin> Inbound<R> {
         &mut self,
         parse: impl Fn(&[u8]) -> Result<Option<T>, E>,
     ) -> Result<Option<T>, Option<io::Error>> {
+        self.parsed_when(parse, |_, _| true).await
+    }
+
+    /// [`Inbound::message`] for an HTTP head: parsed again only once a blank line may have
+    /// ended it, or it grew by [`REPARSE_EVERY`].
+    async fn head<T, E>(
+        &mut self,
+        parse: impl Fn(&[u8]) -> Result<Option<T>, E>,
+    ) -> Result<Option<T>, Option<io::Error>> {
+        self.parsed_when(parse, |buf, at| {
+            buf.len() >= at + REPARSE_EVERY || blank_line_since(buf, at)
+        })
+        .await
+    }
+
+    /// Reads until `parse` finds a complete message, parsing again when `due(buffer, its
+    /// length at the last parse)`.
+    async fn parsed_when<T, E>(
+        &mut self,
+        parse: impl Fn(&[u8]) -> Result<Option<T>, E>,
+        due: impl Fn(&[u8], usize) -> bool,
+    ) -> Result<Option<T>, Option<io::Error>> {
+        let mut parsed: Option<usize> = None;
         loop {
-            match parse(&self.buf) {
-                Ok(Some(message)) => return Ok(Some(message)),
-                Ok(None) => {}
-                Err(_) => return Err(None),
+            if parsed.is_none_or(|at| due(&self.buf, at)) {
+                match parse(&self.buf) {
+                    Ok(Some(message)) => return Ok(Some(message)),
+                    Ok(None) => {}
+                    Err(_) => return Err(None),
+                }
+                parsed = Some(self.buf.len());
             }
             if !self.fill().await.map_err(Some)? {
                 return Ok(None);
@@ -394,5 +432,24 @@ impl<R: AsyncRead + Unpin> Inbound<R> {
         let n = self.buf.len();
         self.forward(n, to).await?;
         relay::pass_rest(&mut self.io, to, activity).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::blank_line_since;
+
+    #[test]
+    fn a_head_is_parsed_again_only_once_a_blank_line_may_have_ended_it() {
+        let head = b"GET / HTTP/1.1\r\nHost: h\r\n\r\n";
+        // Byte by byte: the last byte is the first that completes a blank line.
+        for end in 1..head.len() {
+            assert!(!blank_line_since(&head[..end], end - 1), "{end}");
+        }
+        assert!(blank_line_since(head, head.len() - 1));
+        // The blank line found whatever piece its bytes came in, and in bare-LF form.
+        assert!(blank_line_since(head, head.len() - 3));
+        assert!(blank_line_since(b"GET / HTTP/1.1\nHost: h\n\n", 20));
+        assert!(!blank_line_since(b"GET / HTTP/1.1\r\nHost: h\r\n", 0));
     }
 }

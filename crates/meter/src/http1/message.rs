@@ -251,29 +251,10 @@ pub fn response_head(raw: &[u8], close: bool, dechunked: bool) -> Option<Vec<u8>
         return None;
     };
     let line_end = raw.windows(2).position(|w| w == b"\r\n")?;
-    let fields: Vec<(&[u8], &[u8], FieldKind)> = response
-        .headers
-        .iter()
-        .map(|h| {
-            let kind = response_kind(h.name);
-            (h.name.as_bytes(), h.value, kind)
-        })
-        .collect();
-    let options = connection_options(fields.iter().copied());
     let mut out = Vec::with_capacity(raw.len() + 24);
     out.extend_from_slice(&raw[..line_end + 2]);
-    for &(name, value, kind) in &fields {
-        let dropped = matches!(
-            kind,
-            FieldKind::Connection
-                | FieldKind::ProxyConnection
-                | FieldKind::KeepAlive
-                | FieldKind::Te
-                | FieldKind::Upgrade
-        ) || name.eq_ignore_ascii_case(b"proxy-authenticate")
-            || (dechunked && kind == FieldKind::TransferEncoding)
-            || options.iter().any(|o| o.eq_ignore_ascii_case(name));
-        if !dropped {
+    for (name, value, kind) in forwarded_response_fields(response.headers) {
+        if !(dechunked && kind == FieldKind::TransferEncoding) {
             push_field(&mut out, name, value);
         }
     }
@@ -282,6 +263,32 @@ pub fn response_head(raw: &[u8], close: bool, dechunked: bool) -> Option<Vec<u8>
     }
     out.extend_from_slice(b"\r\n");
     Some(out)
+}
+
+/// The fields of a vendor's response head passed on to the client: all but the hop-by-hop ones
+/// (RFC 9110 §7.6.1: the fixed ones and those its `Connection` fields name) and the vendor's
+/// `Proxy-Authenticate`. `Transfer-Encoding` stays: the body keeps its framing.
+pub fn forwarded_response_fields<'h, 'b>(
+    headers: &'h [httparse::Header<'b>],
+) -> impl Iterator<Item = (&'b [u8], &'b [u8], FieldKind)> + 'h {
+    let fields = move || {
+        headers
+            .iter()
+            .map(|h| (h.name.as_bytes(), h.value, response_kind(h.name)))
+    };
+    let options = connection_options(fields());
+    fields().filter(move |&(name, _, kind)| {
+        let dropped = matches!(
+            kind,
+            FieldKind::Connection
+                | FieldKind::ProxyConnection
+                | FieldKind::KeepAlive
+                | FieldKind::Te
+                | FieldKind::Upgrade
+        ) || name.eq_ignore_ascii_case(b"proxy-authenticate")
+            || options.iter().any(|o| o.eq_ignore_ascii_case(name));
+        !dropped
+    })
 }
 
 fn response_kind(name: &str) -> FieldKind {
@@ -344,6 +351,18 @@ mod tests {
                 .unwrap()
                 .contains("Transfer-Encoding")
         );
+    }
+
+    #[test]
+    fn the_fields_a_response_passes_on_are_the_same_for_every_client_protocol() {
+        let raw = b"HTTP/1.1 200 OK\r\nConnection: keep-alive, X-Hop\r\nX-Hop: 1\r\nKeep-Alive: timeout=5\r\nProxy-Authenticate: Basic realm=vendor\r\nTransfer-Encoding: chunked\r\nServer: x\r\nx-hop: 2\r\n\r\n";
+        let mut storage = [httparse::EMPTY_HEADER; 16];
+        let mut response = httparse::Response::new(&mut storage);
+        response.parse(raw).unwrap();
+        let names: Vec<&[u8]> = forwarded_response_fields(response.headers)
+            .map(|(name, _, _)| name)
+            .collect();
+        assert_eq!(names, [&b"Transfer-Encoding"[..], b"Server"]);
     }
 
     #[tokio::test]

@@ -117,10 +117,7 @@ async fn requests(
 ) -> io::Result<RequestsEnd> {
     let max_head = captured.ctx.limits.max_header_bytes;
     loop {
-        let head = match client
-            .message(|buf| parse_request_head(buf, max_head))
-            .await
-        {
+        let head = match client.head(|buf| parse_request_head(buf, max_head)).await {
             Ok(Some(head)) => head,
             Err(Some(error)) => return Err(error),
             // The end of the stream (perhaps inside a head), or a head not understood.

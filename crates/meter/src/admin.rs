@@ -2,8 +2,9 @@
 //! (the meter accepts new traffic; false while draining). It stays up until the very end of a
 //! shutdown so that a last scrape can collect the final counts.
 
+use std::collections::VecDeque;
 use std::convert::Infallible;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -25,8 +26,22 @@ pub const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; char
 const MAX_ADMIN_CONNECTIONS: usize = 32;
 /// Slow admin clients are cut off after this.
 const ADMIN_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// At the limit, how long the oldest connection has to finish the response it is sending
+/// before it is closed anyway, and a new connection waits for its place.
+const EVICTION_GRACE: Duration = Duration::from_secs(1);
+
+/// The open admin connections, oldest first, each with the token that asks it to close.
+#[derive(Debug, Default)]
+struct Open {
+    next: u64,
+    connections: VecDeque<(u64, CancellationToken)>,
+}
 
 /// Serves the admin endpoint until `stop` is cancelled.
+///
+/// At [`MAX_ADMIN_CONNECTIONS`] a new connection is not refused: the oldest one is closed
+/// (at once when it is between requests, else after its response or [`EVICTION_GRACE`]), so
+/// idle or hostile connections cannot keep Prometheus from scraping.
 pub async fn serve(
     listener: TcpListener,
     registry: Arc<Registry>,
@@ -34,6 +49,7 @@ pub async fn serve(
     stop: CancellationToken,
 ) {
     let limit = Arc::new(Semaphore::new(MAX_ADMIN_CONNECTIONS));
+    let open = Arc::new(Mutex::new(Open::default()));
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
@@ -43,12 +59,35 @@ pub async fn serve(
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
-        let Ok(permit) = limit.clone().try_acquire_owned() else {
-            continue;
+        let permit = match limit.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => {
+                let oldest = lock(&open).connections.pop_front();
+                if let Some((_, close)) = oldest {
+                    close.cancel();
+                }
+                let waited = tokio::time::timeout(
+                    EVICTION_GRACE + Duration::from_millis(100),
+                    limit.clone().acquire_owned(),
+                );
+                match waited.await {
+                    Ok(Ok(permit)) => permit,
+                    _ => continue,
+                }
+            }
+        };
+        let close = CancellationToken::new();
+        let id = {
+            let mut open = lock(&open);
+            let id = open.next;
+            open.next += 1;
+            open.connections.push_back((id, close.clone()));
+            id
         };
         let registry = registry.clone();
         let drain = drain.clone();
         let stop = stop.clone();
+        let open = open.clone();
         tokio::spawn(async move {
             let _permit = permit;
             let service = service_fn(move |request: Request<Incoming>| {
@@ -59,12 +98,24 @@ pub async fn serve(
                 .timer(TokioTimer::new())
                 .header_read_timeout(ADMIN_HEADER_TIMEOUT)
                 .serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(connection);
             tokio::select! {
-                _ = connection => {}
+                _ = connection.as_mut() => {}
+                () = close.cancelled() => {
+                    connection.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(EVICTION_GRACE, connection).await;
+                }
                 () = stop.cancelled() => {}
             }
+            lock(&open).connections.retain(|(other, _)| *other != id);
         });
     }
+}
+
+fn lock(open: &Mutex<Open>) -> std::sync::MutexGuard<'_, Open> {
+    // A panic while holding it left a list of tokens, still consistent.
+    open.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 fn answer(

@@ -9,7 +9,7 @@ use std::time::Duration;
 use pt_load::client::{self, ProxyEndpoint};
 use pt_testkit::meter::admin_get;
 use support::{counters, world};
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -25,6 +25,30 @@ async fn the_admin_endpoint_serves_metrics_health_and_readiness() {
     assert_eq!(world.meter.admin_get("/healthz").await.0, 200);
     assert_eq!(world.meter.admin_get("/readyz").await.0, 200);
     assert_eq!(world.meter.admin_get("/other").await.0, 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_admin_connections_cannot_keep_prometheus_from_scraping() {
+    let world = world("").await;
+    // Every admin connection taken, and kept open between requests.
+    let mut held = Vec::new();
+    for _ in 0..32 {
+        let mut stream = TcpStream::connect(world.meter.admin).await.unwrap();
+        stream
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: admin\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = [0u8; 12];
+        stream.read_exact(&mut answer).await.unwrap();
+        assert_eq!(&answer, b"HTTP/1.1 200");
+        held.push(stream);
+    }
+    // The next scrape gets its answer: the oldest idle connection made room.
+    let scrape = tokio::time::timeout(Duration::from_secs(3), world.meter.admin_get("/metrics"));
+    assert_eq!(scrape.await.expect("scraped in time").0, 200);
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(3), held[0].read_to_end(&mut rest));
+    assert!(closed.await.is_ok(), "the oldest connection was closed");
 }
 
 async fn fetch(

@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use prometheus_client::metrics::counter::Counter;
-use pt_metrics::caps::Name;
+use pt_metrics::caps::{Name, OTHER};
 use pt_metrics::labels::{
     LatencyLabels, PodIdentity, PodLabels, Protocol, RejectReason, RequestLabels, StatusClass,
     TunnelInner, UpstreamErrorReason,
@@ -61,6 +61,11 @@ enum Destination {
     Known(Option<Name>),
     /// A tunnel to an IP literal, waiting for the SNI of its ClientHello.
     Pending,
+    /// A destination (this key) without a label yet. It takes a place under the cap only once
+    /// it answered (a status below 500, or a tunnel established): requests to names that do not
+    /// exist, which the vendor answers with an error, cannot fill the cap. Until then, and for
+    /// good if it never answers, its bytes and requests go to `other`.
+    Unproven(String),
 }
 
 /// What an exchange is created from.
@@ -118,7 +123,11 @@ impl Exchange {
         } else if tunnel && spec.host.ip().is_some() {
             Destination::Pending
         } else {
-            Destination::Known(metering.destination(&spec.vendor, spec.host))
+            let key = metering.destination_key(spec.host).unwrap_or_default();
+            match metering.known_destination(&spec.vendor, &key) {
+                Some(name) => Destination::Known(Some(name)),
+                None => Destination::Unproven(key),
+            }
         };
         let (destination_requests, destination_counters) = match &destination {
             Destination::Known(Some(name)) => {
@@ -191,6 +200,9 @@ impl Exchange {
             return;
         }
         self.status = Some(status);
+        if status < 500 {
+            self.prove_destination();
+        }
         if self.metering.enabled() {
             self.metering
                 .metrics
@@ -346,6 +358,20 @@ impl Exchange {
             Some(host) => self.metering.destination(&self.vendor, host),
             None => self.metering.destination_named(&self.vendor, IP_LITERAL),
         };
+        self.settle_destination(name);
+    }
+
+    /// Gives an unproven destination its label now that it answered (`other` when the cap is
+    /// full).
+    fn prove_destination(&mut self) {
+        if let Destination::Unproven(key) = &self.destination {
+            let name = self.metering.destination_named(&self.vendor, key);
+            self.settle_destination(name);
+        }
+    }
+
+    /// Sets the destination label, moving the bytes counted so far to it.
+    fn settle_destination(&mut self, name: Option<Name>) {
         if let Some(name) = &name {
             let (requests, bytes) = self.metering.destination_counters(&self.vendor, name);
             self.destination_requests = Some(requests);
@@ -369,6 +395,11 @@ impl Drop for Exchange {
         }
         // No ClientHello was ever sniffed (the tunnel failed first): the CONNECT target IP.
         self.resolve_destination(None);
+        // Never answered: its bytes and its request are counted under `other`.
+        if matches!(self.destination, Destination::Unproven(_)) {
+            let other = self.metering.known_destination(&self.vendor, OTHER);
+            self.settle_destination(other);
+        }
         if !self.metering.logs() {
             return;
         }

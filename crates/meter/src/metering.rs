@@ -135,10 +135,21 @@ impl Metering {
         })
     }
 
+    /// The destination key of `host` (its registrable domain, or the host), when the
+    /// destination families are on.
+    pub fn destination_key(&self, host: &Host) -> Option<String> {
+        Some(self.destination_key?.of(host))
+    }
+
+    /// The destination label `key` already has under `vendor`, admitting nothing.
+    pub fn known_destination(&self, vendor: &Name, key: &str) -> Option<Name> {
+        self.destination_key?;
+        self.metrics.known_destination(vendor, key)
+    }
+
     /// The capped destination label of `host` under `vendor`; `None` when the families are off.
     pub fn destination(&self, vendor: &Name, host: &Host) -> Option<Name> {
-        let key = self.destination_key?;
-        self.metrics.destination(vendor, &key.of(host))
+        self.destination_named(vendor, &self.destination_key(host)?)
     }
 
     /// The capped destination label of an already-computed key (`ip-literal`, `unknown`).

@@ -432,6 +432,58 @@ async fn destinations_past_the_cap_fold_into_other_and_totals_stay_exact() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn destinations_that_never_answer_take_no_place_under_the_cap() {
+    // Names that do not exist, which the vendor answers with 502: a crawler (or a hostile
+    // client) asking for them must not push the sites it really crawls into `other`.
+    let world = world("metrics:\n  max_destinations_per_vendor: 2").await;
+    let proxy = world.proxy_for("crawlers/pod-1");
+    let mut sender = pod_connection(&proxy).await;
+    let mut statuses = Vec::new();
+    for host in [
+        "gone-1.test",
+        "gone-2.test",
+        "gone-3.test",
+        "shop-a.test",
+        "news-b.test",
+    ] {
+        let request = absolute(&proxy, Method::GET, host, "/bytes/500", client::empty());
+        sender.ready().await.unwrap();
+        let response = sender.send_request(request).await.unwrap();
+        statuses.push(response.status().as_u16());
+        client::drain(response.into_body()).await.unwrap();
+    }
+    assert_eq!(statuses, [502, 502, 502, 200, 200]);
+    let scrape = world.settled().await;
+    let by_destination = scrape.sum_by("proxy_destination_requests_total", &["destination"]);
+    let expected: BTreeMap<Vec<String>, u64> =
+        [("news-b.test", 1), ("other", 3), ("shop-a.test", 1)]
+            .into_iter()
+            .map(|(d, n)| (vec![d.to_owned()], n))
+            .collect();
+    assert_eq!(by_destination, expected);
+    for (family, pod_family) in [
+        (
+            "proxy_destination_sent_bytes_total",
+            "proxy_sent_bytes_total",
+        ),
+        (
+            "proxy_destination_received_bytes_total",
+            "proxy_received_bytes_total",
+        ),
+    ] {
+        assert_eq!(
+            scrape.sum(family, &[]),
+            scrape.sum(pod_family, &[]),
+            "{family}"
+        );
+    }
+    assert_eq!(
+        scrape.sum("proxy_destination_labels", &[("proxy_vendor", "vendor-a")]),
+        2
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_metering_off_traffic_flows_and_nothing_is_counted() {
     let world = world("metrics:\n  metering: false").await;
     let proxy = world.proxy_for("crawlers/pod-1");

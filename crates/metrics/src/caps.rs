@@ -94,6 +94,18 @@ impl LabelCap {
         name
     }
 
+    /// The value's label when it is already admitted (or is [`OTHER`]), admitting nothing.
+    pub fn known(&self, value: &str) -> Option<Name> {
+        if value == OTHER {
+            return Some(self.other.clone());
+        }
+        self.admitted
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(value)
+            .cloned()
+    }
+
     /// How many distinct values are admitted.
     pub fn len(&self) -> usize {
         self.admitted

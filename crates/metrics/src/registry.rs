@@ -189,6 +189,15 @@ impl Metrics {
 
     /// The capped destination label value for `key` under `vendor`, or `None` when the
     /// destination families are off or the vendor is not configured.
+    /// The destination label `key` already has under `vendor`, admitting nothing; `None` when
+    /// it has none yet or the destination families are off.
+    pub fn known_destination(&self, vendor: &Name, key: &str) -> Option<Name> {
+        if !self.destinations_enabled {
+            return None;
+        }
+        self.destinations.get(vendor)?.known(key)
+    }
+
     pub fn destination(&self, vendor: &Name, key: &str) -> Option<Name> {
         let cap = self.destinations.get(vendor)?;
         if !self.destinations_enabled {

@@ -12,6 +12,12 @@ Usage: bench/run.sh [--duration SECONDS] [--proxies meter,meter-nolog,meter-off,
 Writes bench/results/latest.md and latest.json. `--duel ROUNDS` runs only the scenarios where
 the meter is held against HAProxy, in alternating rounds, and writes duel.md and duel.json.
 
+`--instructions` counts, with callgrind, the user-space instructions the meter and HAProxy each
+run per keep-alive request, per new connection and per tunnel (HAProxy: L7, and L4 for the
+tunnel), the same requests sent one at a time by a client that waits for each answer: a count
+that does not drift with the machine's load, unlike CPU time (the kernel's share, the same
+syscalls for both, is not in it). Writes instructions.md and instructions.json.
+
 `--smoke` (tests/bench_smoke.rs): the same scenarios, small (1 s each, 8 MiB transfers, 50 held
 tunnels), for the meter and HAProxy, with given binaries, into a given directory: that the
 benchmark still runs, not what it measures.
@@ -47,8 +53,8 @@ def run(cmd, **kw):
     return subprocess.run(cmd, check=True, text=True, capture_output=True, **kw)
 
 
-def ensure_tools(proxies):
-    tools = ["wrk", "nginx", "haproxy", "openssl"] + (["squid"] if "squid" in proxies else [])
+def ensure_tools(proxies, extra=()):
+    tools = ["wrk", "nginx", "haproxy", "openssl", *extra] + (["squid"] if "squid" in proxies else [])
     missing = [t for t in tools if not shutil.which(t) and not Path(f"/usr/sbin/{t}").exists()]
     if missing:
         print(f"installing {missing} (Debian packages)")
@@ -520,6 +526,114 @@ def duel_report(runs, duration):
     return "\n".join(lines) + "\n"
 
 
+# Requests (tunnels) per scenario counted under callgrind, after a warm-up of a tenth as many.
+INSTRUCTION_COUNTS = {"keep-alive": 2000, "new-connection": 500, "tunnel": 300}
+
+
+def exchange(sock, request):
+    """Sends `request` and reads one response with a Content-Length body; returns the status line."""
+    sock.sendall(request)
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise RuntimeError("closed before the response head")
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = int(re.search(rb"(?i)content-length: *(\d+)", head).group(1)) if b"HTTP/1.1 200" in head[:12] else 0
+    while len(body) < length:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise RuntimeError("closed mid-body")
+        body += chunk
+    return head.split(b"\r\n", 1)[0]
+
+
+def scenario_client(name, scenario):
+    """A function that sends one request (or tunnel) of `scenario` through proxy `name`."""
+    haproxy = name == "haproxy"
+    absolute = f"http://127.0.0.1:{HTTP}"
+    get = lambda path, close=False: (f"GET {'' if haproxy else absolute}{path} HTTP/1.1\r\nHost: 127.0.0.1:{HTTP}\r\n"
+                                     f"{'Connection: close' + chr(13) + chr(10) if close else ''}\r\n").encode()
+    if scenario == "keep-alive":
+        sock = socket.create_connection(("127.0.0.1", PORTS[name]))
+        request = get("/10k")
+        return lambda: exchange(sock, request), sock.close
+    if scenario == "new-connection":
+        def once():
+            with socket.create_connection(("127.0.0.1", PORTS[name])) as sock:
+                return exchange(sock, get("/10k", close=True))
+        return once, lambda: None
+
+    def tunnel():
+        port = HAPROXY_L4_HTTP if haproxy else PORTS[name]
+        with socket.create_connection(("127.0.0.1", port)) as sock:
+            if not haproxy:
+                sock.sendall(f"CONNECT 127.0.0.1:{HTTP} HTTP/1.1\r\nHost: 127.0.0.1:{HTTP}\r\n\r\n".encode())
+                answer = b""
+                while b"\r\n\r\n" not in answer:
+                    answer += sock.recv(4096)
+            return exchange(sock, get("/1b", close=True).replace(absolute.encode(), b""))
+    return tunnel, lambda: None
+
+
+def callgrind_total(path):
+    # `totals`: what was counted since the counters were zeroed (`summary` is since the start).
+    return int(re.search(r"^totals: (\d+)$", path.read_text(), re.M).group(1))
+
+
+def instructions(meter_binary, counts):
+    """User-space instructions per request of each scenario, for the meter and HAProxy."""
+    results = {}
+    for name in ("meter", "haproxy"):
+        out = WORK / f"callgrind.{name}"
+        cmd = (["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}"] +
+               ([str(meter_binary), "meter", "--config", str(WORK / "meter.yaml")] if name == "meter"
+                else ["/usr/sbin/haproxy", "-db", "-f", str(WORK / "haproxy.cfg")]))
+        proc = Proc(name, cmd, PROXY_CORE, env={"TOKIO_WORKER_THREADS": "1", "RUST_LOG": "warn"})
+        results[name] = {}
+        try:
+            wait_port(PORTS[name], timeout=120)
+            for scenario, count in counts.items():
+                send, done = scenario_client(name, scenario)
+                for _ in range(max(count // 10, 5)):
+                    send()
+                run(["callgrind_control", "-z", str(proc.pid)])
+                run(["callgrind_control", "-i", "on", str(proc.pid)])
+                statuses = {send() for _ in range(count)}
+                run(["callgrind_control", "-i", "off", str(proc.pid)])
+                dumps = set(WORK.glob(f"callgrind.{name}.*"))
+                run(["callgrind_control", "-d", str(proc.pid)])
+                deadline = time.time() + 60
+                while not (new := set(WORK.glob(f"callgrind.{name}.*")) - dumps) and time.time() < deadline:
+                    time.sleep(0.1)
+                time.sleep(0.5)  # the dump is written whole before the next command returns
+                done()
+                if statuses != {b"HTTP/1.1 200 OK"}:
+                    raise RuntimeError(f"{name} {scenario}: answers {statuses}")
+                total = callgrind_total(max(new, key=lambda p: p.stat().st_mtime))
+                results[name][scenario] = {"count": count, "instructions": total, "per_request": total / count}
+                print(f"{name} {scenario}: {total / count:,.0f} instructions per request")
+        finally:
+            proc.stop()
+    return results
+
+
+def instructions_report(results):
+    rows = [
+        ("keep-alive", "keep-alive GET 10 KiB, per request", "L7"),
+        ("new-connection", "new connection per request, per request", "L7"),
+        ("tunnel", "CONNECT tunnel set-up + 1 request, per tunnel", "L4, no CONNECT"),
+    ]
+    lines = [f"Measured {time.strftime('%Y-%m-%d')} on {platform_line()}, `bench/run.sh --instructions`: user-space "
+             "instructions (callgrind) per request, requests sent one at a time; kernel time is not counted.", "",
+             "| scenario | meter | HAProxy | meter / HAProxy |", "|---|---|---|---|"]
+    for key, label, mode in rows:
+        meter, haproxy = results["meter"][key]["per_request"], results["haproxy"][key]["per_request"]
+        lines.append(f"| {label} | {meter:,.0f} | {haproxy:,.0f} ({mode}) | {meter / haproxy:.2f}× |")
+    return "\n".join(lines) + "\n"
+
+
 def per_10k(cpu, count):
     return cpu / count * 10_000 if count else float("nan")
 
@@ -587,6 +701,8 @@ def main():
     parser.add_argument("--smoke", action="store_true", help="small and quick: that it runs (see above)")
     parser.add_argument("--duel", type=int, metavar="ROUNDS",
                         help="only the meter against HAProxy, in this many alternating rounds (writes duel.md)")
+    parser.add_argument("--instructions", action="store_true",
+                        help="user-space instructions per request, the meter against HAProxy (writes instructions.md)")
     parser.add_argument("--binary", type=Path, help="the proxy-telemetry binary (default: build release)")
     parser.add_argument("--pt-bench", type=Path, help="the pt-bench binary (default: build release)")
     parser.add_argument("--work", type=Path, help="scratch directory (default: $BENCH_WORK or /tmp/pt-bench)")
@@ -601,7 +717,7 @@ def main():
         args.proxies = ",".join(DUEL)
     if os.cpu_count() < 2:
         sys.exit("the benchmark pins proxies and clients to separate cores: it needs two")
-    ensure_tools(args.proxies.split(","))
+    ensure_tools(args.proxies.split(","), ["valgrind"] if args.instructions else [])
     meter_binary, bench_binary = ((args.binary.resolve(), args.pt_bench.resolve()) if args.binary and args.pt_bench
                                   else build())
     prepare()
@@ -613,6 +729,16 @@ def main():
     try:
         wait_port(HTTP)
         wait_port(HTTPS)
+        if args.instructions:
+            counts = ({k: max(v // 50, 10) for k, v in INSTRUCTION_COUNTS.items()} if args.smoke
+                      else INSTRUCTION_COUNTS)
+            counted = instructions(meter_binary, counts)
+            args.out.mkdir(parents=True, exist_ok=True)
+            (args.out / "instructions.json").write_text(json.dumps(counted, indent=2))
+            table = instructions_report(counted)
+            (args.out / "instructions.md").write_text(table)
+            print(table)
+            return
         if args.duel:
             runs = duel(meter_binary, bench_binary, args.duration, args.duel)
             args.out.mkdir(parents=True, exist_ok=True)

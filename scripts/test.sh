@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The project's tests, one command (README). Installs what they need when it is missing:
-# Debian packages (curl, tmux, prometheus/promtool, prometheus-alertmanager, victoria-metrics, kubectl, iproute2, iptables, strace, squid, tinyproxy, microsocks, openssl, nginx, wrk, haproxy, podman, buildah) when run as root or with sudo,
+# Debian packages (curl, tmux, prometheus/promtool, prometheus-alertmanager, victoria-metrics, kubectl, iproute2, iptables, strace, squid, tinyproxy, microsocks, openssl, nginx, wrk, haproxy, valgrind, podman, buildah) when run as root or with sudo,
 # and the Python packages of the deployment tests into target/venv.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,10 +22,11 @@ command -v tinyproxy >/dev/null || packages+=(tinyproxy)
 command -v microsocks >/dev/null || packages+=(microsocks)
 command -v squid >/dev/null || packages+=(squid)
 command -v openssl >/dev/null || packages+=(openssl)
-# The benchmark's smoke test (tests/bench_smoke.rs): its origin, its HTTP load and HAProxy beside the meter.
+# The benchmark's smoke test (tests/bench_smoke.rs): its origin, its HTTP load, HAProxy beside the meter, and callgrind.
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || packages+=(nginx)
 command -v wrk >/dev/null || packages+=(wrk)
 command -v haproxy >/dev/null || [ -x /usr/sbin/haproxy ] || packages+=(haproxy)
+command -v valgrind >/dev/null || packages+=(valgrind)
 # A remote_write store for deploy/tests/test_remote_write.py.
 command -v victoria-metrics >/dev/null || packages+=(victoria-metrics)
 # deploy/tests/test_images.py builds the images without a Docker engine (scripts/build-images.sh).

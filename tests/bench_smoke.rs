@@ -1,10 +1,10 @@
-//! The benchmark (`bench/run.sh`, and its `--duel` against HAProxy) and the syscall count
-//! (`bench/syscalls.sh`), small: every scenario for a second through the meter and HAProxy,
+//! The benchmark (`bench/run.sh`, its `--duel` against HAProxy and its `--instructions` count)
+//! and the syscall count (`bench/syscalls.sh`), small: every scenario for a second through the meter and HAProxy,
 //! with this build's binaries. Their figures are not asserted (a debug build on a shared machine
 //! measures nothing); what must hold is that they still run end to end and that no scenario saw
 //! an error: a benchmark that broke quietly would publish a table of zeros.
 //!
-//! Needs nginx, wrk, HAProxy and openssl (`scripts/test.sh` installs them), two cores (the
+//! Needs nginx, wrk, HAProxy, openssl and valgrind (`scripts/test.sh` installs them), two cores (the
 //! benchmark pins the proxy and the clients apart) and root for strace; fails, never skips,
 //! without them.
 
@@ -99,6 +99,19 @@ fn the_benchmark_and_the_syscall_count_run_small_without_errors() {
         let round = &duel[proxy][0];
         for key in ["keepalive_us", "new_connection_us", "tunnel_us"] {
             assert!(round[key].as_f64() > Some(0.0), "{proxy} {key}: {round:#}");
+        }
+    }
+
+    // Instructions per request under callgrind (a few requests each, here): every scenario of
+    // both proxies counted, and answered 200 (run.py fails otherwise).
+    let instructions = smoke(&["--instructions"], "instructions.json");
+    for proxy in ["meter", "haproxy"] {
+        for scenario in ["keep-alive", "new-connection", "tunnel"] {
+            let counted = &instructions[proxy][scenario];
+            assert!(
+                counted["per_request"].as_f64() > Some(1000.0),
+                "{proxy} {scenario}: {counted:#}"
+            );
         }
     }
 

@@ -61,8 +61,9 @@ pub fn check_host(security: &SecurityConfig, host: &Host) -> Result<(), Failure>
 pub struct OwnAddresses {
     /// Every bound listener and the admin endpoint.
     bound: Vec<SocketAddr>,
-    /// Local addresses clients reached the meter at: a listener bound to `0.0.0.0` answers at
-    /// each of the host's addresses, and these are the ones in use. A host has few.
+    /// The host's addresses: a listener bound to `0.0.0.0` answers at each of them. Those the
+    /// kernel listed at start, and the local addresses clients reached the meter at since. A
+    /// host has few.
     seen: RwLock<HashSet<IpAddr>>,
 }
 
@@ -71,9 +72,15 @@ const MAX_SEEN_ADDRESSES: usize = 256;
 
 impl OwnAddresses {
     pub fn new(bound: Vec<SocketAddr>) -> OwnAddresses {
+        let wildcard = bound.iter().any(|own| own.ip().is_unspecified());
+        let listed = if wildcard {
+            local_addresses()
+        } else {
+            Vec::new()
+        };
         OwnAddresses {
             bound,
-            seen: RwLock::default(),
+            seen: RwLock::new(listed.into_iter().take(MAX_SEEN_ADDRESSES).collect()),
         }
     }
 
@@ -120,10 +127,78 @@ impl OwnAddresses {
     }
 }
 
+/// The host's own addresses as the kernel lists them (`/proc/net/fib_trie`, `/proc/net/if_inet6`),
+/// so that a wildcard listener's addresses are known before any client reached it there (a
+/// sidecar whose proxy listener is on loopback and whose admin endpoint is on `0.0.0.0` would
+/// otherwise dial its own pod IP). Best effort: what cannot be read is left to [`saw_local`].
+///
+/// [`saw_local`]: OwnAddresses::saw_local
+fn local_addresses() -> Vec<IpAddr> {
+    let read = |path: &str| std::fs::read_to_string(path).unwrap_or_default();
+    let mut addresses = local_ipv4(&read("/proc/net/fib_trie"));
+    addresses.extend(local_ipv6(&read("/proc/net/if_inet6")));
+    addresses
+}
+
+/// The `/32 host LOCAL` entries of a `fib_trie` listing: an address line, then its kind.
+fn local_ipv4(fib_trie: &str) -> Vec<IpAddr> {
+    let mut addresses = Vec::new();
+    let mut last = None;
+    for line in fib_trie.lines() {
+        let entry = line.trim_start_matches([' ', '|', '+', '-']);
+        if let Ok(ip) = entry.parse::<std::net::Ipv4Addr>() {
+            last = Some(IpAddr::V4(ip));
+        } else if line.trim() == "/32 host LOCAL"
+            && let Some(ip) = last
+            && !addresses.contains(&ip)
+        {
+            addresses.push(ip);
+        }
+    }
+    addresses
+}
+
+/// The addresses of an `if_inet6` listing: 32 hex digits first on each line.
+fn local_ipv6(if_inet6: &str) -> Vec<IpAddr> {
+    if_inet6
+        .lines()
+        .filter_map(|line| line.split_whitespace().next())
+        .filter_map(|hex| u128::from_str_radix(hex, 16).ok())
+        .map(|bits| IpAddr::V6(std::net::Ipv6Addr::from(bits)))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use pt_sniff::authority::parse_host;
+
+    #[test]
+    fn the_hosts_addresses_are_read_from_the_kernels_listings() {
+        let fib_trie = "Main:\n  +-- 0.0.0.0/0 3 0 5\n     |-- 0.0.0.0\n        /0 universe UNICAST\n     +-- 127.0.0.0/8 2 0 2\n        +-- 127.0.0.0/31 1 0 0\n           |-- 127.0.0.0\n              /8 host LOCAL\n           |-- 127.0.0.1\n              /32 host LOCAL\n        |-- 127.255.255.255\n           /32 link BROADCAST\n     +-- 10.1.0.0/16 2 0 2\n           |-- 10.1.0.0\n              /16 link UNICAST\n           |-- 10.1.2.3\n              /32 host LOCAL\nLocal:\n           |-- 10.1.2.3\n              /32 host LOCAL\n";
+        assert_eq!(
+            local_ipv4(fib_trie),
+            ["127.0.0.1", "10.1.2.3"].map(|a| a.parse::<IpAddr>().unwrap())
+        );
+        let if_inet6 = "fe8000000000000000fc00fffe000001 04 40 20 80     eth0\nfd000000000000000000000000000002 04 40 00 82     eth0\n";
+        assert_eq!(
+            local_ipv6(if_inet6),
+            ["fe80::fc:ff:fe00:1", "fd00::2"].map(|a| a.parse::<IpAddr>().unwrap())
+        );
+        assert!(local_ipv4("").is_empty() && local_ipv6("garbage\n").is_empty());
+    }
+
+    #[test]
+    fn a_wildcard_listener_knows_the_hosts_addresses_before_any_client_came() {
+        let own = OwnAddresses::new(vec!["0.0.0.0:9464".parse().unwrap()]);
+        for address in local_addresses() {
+            assert!(own.contains(SocketAddr::new(address, 9464)), "{address}");
+        }
+        assert!(
+            !local_addresses().is_empty(),
+            "this host lists loopback at least"
+        );
+    }
 
     fn security(allowed: &[&str]) -> SecurityConfig {
         SecurityConfig {

@@ -15,7 +15,6 @@
 //! crawler and its vendor settle between themselves what the bytes mean.
 
 use crate::authority::{Authority, parse_authority, parse_host};
-use crate::request::names_framing;
 
 /// Most header fields parsed in one head. Browsers send about 20, vendors answer with fewer;
 /// a head with more is treated as not understood (opaque), never refused.
@@ -251,6 +250,15 @@ fn body_length(headers: &[httparse::Header<'_>]) -> Result<BodyLength, FramingEr
         (None, Some(n)) => Ok(BodyLength::Length(n)),
         (None, None) => Ok(BodyLength::Unspecified),
     }
+}
+
+/// Whether a `Connection` token names a field that frames the message. A hop removes the
+/// fields its `Connection` names (RFC 9110 §7.6.1); removing these would leave the next hop
+/// framing the body differently from the meter (request smuggling), so such a message is
+/// refused instead.
+pub fn names_framing(token: &[u8]) -> bool {
+    token.eq_ignore_ascii_case(b"content-length")
+        || token.eq_ignore_ascii_case(b"transfer-encoding")
 }
 
 /// The non-empty, trimmed elements of a comma-separated header value.

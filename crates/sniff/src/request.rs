@@ -18,7 +18,7 @@
 use std::ops::Range;
 
 use crate::authority::{Authority, AuthorityError, parse_host, parse_port};
-use crate::http1::Framing;
+use crate::http1::{Framing, names_framing};
 
 /// Limits of a request head, from the meter's configuration.
 #[derive(Clone, Copy, Debug)]
@@ -346,15 +346,6 @@ pub fn parse_request_from(
         expect_continue: expect_continue && framing != Framing::Empty,
         len: end,
     }))
-}
-
-/// Whether a `Connection` token names a field that frames the message. A hop removes the
-/// fields its `Connection` names (RFC 9110 §7.6.1); removing these would leave the next hop
-/// framing the body differently from the meter (request smuggling), so such a message is
-/// refused instead.
-pub fn names_framing(token: &[u8]) -> bool {
-    token.eq_ignore_ascii_case(b"content-length")
-        || token.eq_ignore_ascii_case(b"transfer-encoding")
 }
 
 /// Refuses a LF not preceded by CR, and a CR not followed by LF (where the next byte is known),

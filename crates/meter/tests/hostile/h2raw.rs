@@ -71,6 +71,17 @@ pub fn get_fields(path: &'static [u8]) -> Vec<(&'static [u8], &'static [u8])> {
     ]
 }
 
+/// The fields of a POST to `shop-a.test` announcing a body of ten bytes.
+pub fn post_fields() -> Vec<(&'static [u8], &'static [u8])> {
+    vec![
+        (b":method", b"POST"),
+        (b":scheme", b"http"),
+        (b":authority", b"shop-a.test"),
+        (b":path", b"/up"),
+        (b"content-length", b"10"),
+    ]
+}
+
 /// What the meter did with a stream or the connection.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Outcome {
@@ -141,6 +152,21 @@ impl Client {
                 _ => return None,
             }
         }
+    }
+
+    /// Sends a PING every 50 ms (up to ten seconds) until something ends the connection: that
+    /// outcome, and how long it took.
+    pub async fn ping_until_closed(&mut self) -> (Outcome, Duration) {
+        let started = std::time::Instant::now();
+        let mut outcome = Outcome::Silent;
+        for i in 0..200u64 {
+            self.send(&frame(PING, 0, 0, &i.to_be_bytes())).await;
+            outcome = self.outcome(0, Duration::from_millis(50)).await;
+            if outcome != Outcome::Silent {
+                break;
+            }
+        }
+        (outcome, started.elapsed())
     }
 
     /// What happens to `stream`: its response head, its reset, or the connection's end.

@@ -154,14 +154,7 @@ async fn an_open_proxy_is_refused_to_clients_without_the_password() {
     // An HTTP/2 request without credentials is refused on its header block: the meter reads
     // none of a body that is still coming (three bytes of ten).
     let mut client = h2raw::Client::connect(meter.proxy()).await;
-    let post = [
-        (&b":method"[..], &b"POST"[..]),
-        (b":scheme", b"http"),
-        (b":authority", b"shop-a.test"),
-        (b":path", b"/up"),
-        (b"content-length", b"10"),
-    ];
-    let mut frames = h2raw::headers(1, &post, false);
+    let mut frames = h2raw::headers(1, &h2raw::post_fields(), false);
     frames.extend(h2raw::frame(h2raw::DATA, 0, 1, b"abc"));
     client.send(&frames).await;
     assert_eq!(
@@ -279,18 +272,8 @@ async fn slow_and_silent_clients_are_closed_at_their_timeouts() {
         .send(&h2raw::headers(1, &h2raw::get_fields(b"/bytes/1"), true))
         .await;
     let answered = client.outcome(1, limit).await;
-    let started = std::time::Instant::now();
-    let mut outcome = h2raw::Outcome::Silent;
-    for i in 0..200u64 {
-        client
-            .send(&h2raw::frame(h2raw::PING, 0, 0, &i.to_be_bytes()))
-            .await;
-        outcome = client.outcome(0, Duration::from_millis(50)).await;
-        if outcome != h2raw::Outcome::Silent {
-            break;
-        }
-    }
-    let took = Some(started.elapsed());
+    let (outcome, took) = client.ping_until_closed().await;
+    let took = Some(took);
     check(
         "an HTTP/2 connection with no stream, sending PINGs",
         answered == h2raw::Outcome::Answered(200, None)
@@ -303,16 +286,9 @@ async fn slow_and_silent_clients_are_closed_at_their_timeouts() {
     // coming, and a client that lets no response data through (its stream window at zero).
     // The connection is sent GOAWAY at the idle timeout and closed.
     let window_zero = h2raw::frame(h2raw::SETTINGS, 0, 0, &[0, 4, 0, 0, 0, 0]);
-    let post = [
-        (&b":method"[..], &b"POST"[..]),
-        (b":scheme", b"http"),
-        (b":authority", b"shop-a.test"),
-        (b":path", b"/up"),
-        (b"content-length", b"10"),
-    ];
     for (name, frames) in [
         ("an HTTP/2 body that stops coming", {
-            let mut f = h2raw::headers(1, &post, false);
+            let mut f = h2raw::headers(1, &h2raw::post_fields(), false);
             f.extend(h2raw::frame(h2raw::DATA, 0, 1, b"abc"));
             f
         }),
@@ -328,18 +304,8 @@ async fn slow_and_silent_clients_are_closed_at_their_timeouts() {
     ] {
         let mut client = h2raw::Client::connect(address).await;
         client.send(&frames).await;
-        let started = std::time::Instant::now();
-        let mut outcome = h2raw::Outcome::Silent;
-        for i in 0..200u64 {
-            client
-                .send(&h2raw::frame(h2raw::PING, 0, 0, &i.to_be_bytes()))
-                .await;
-            outcome = client.outcome(0, Duration::from_millis(50)).await;
-            if outcome != h2raw::Outcome::Silent {
-                break;
-            }
-        }
-        let took = Some(started.elapsed());
+        let (outcome, took) = client.ping_until_closed().await;
+        let took = Some(took);
         check(
             name,
             outcome == h2raw::Outcome::GoAway(0) && at(took, idle),

@@ -8,8 +8,9 @@
 //! be reclaimed for a new client. So is a connection whose request streams all stopped moving for
 //! that long (a body that stops coming, a client whose flow-control window stays shut): only body
 //! bytes and new streams count as progress, not PINGs. A request is admitted (credentials,
-//! vendor, destination) on its header block, before any of its body is read. Every stream needs a vendor connection, taken from the global
-//! bound ([`crate::vendor`]); past it, a stream is answered 503 and counted.
+//! vendor, destination) on its header block, before any of its body is read. Every stream needs
+//! a vendor connection, taken from the global bound ([`crate::vendor`]); past it, a stream is
+//! answered 503 and counted.
 //!
 //! Each request goes to its vendor as HTTP/1.1 over the same pooled connections and the same
 //! lifecycle as HTTP/1.1 requests: the request body as it arrives (with its `content-length`, or

@@ -4,6 +4,7 @@
 //! Paths:
 //! - `GET /bytes/N` answers `N` bytes (Content-Length); `GET /chunked/N` answers them chunked;
 //! - `GET /random/MIN-MAX` answers a size drawn uniformly from the range (varied responses);
+//! - `GET /stall/N` announces `2N` bytes, sends `N` and then nothing, keeping the connection;
 //! - any request with a body is read to its end and answered `received N`;
 //! - anything else answers a short page naming the host and path.
 //!
@@ -177,6 +178,9 @@ async fn answer(
     if let Some(n) = size("/chunked/") {
         return generated(n, false);
     }
+    if let Some(n) = size("/stall/") {
+        return stalled(n);
+    }
     if let Some((min, max)) = path
         .strip_prefix("/random/")
         .and_then(|r| r.split_once('-'))
@@ -186,6 +190,20 @@ async fn answer(
         return generated(rand::random_range(min..=max), true);
     }
     text(format!("hello from {host}{path}\n"))
+}
+
+/// `n` bytes of a body announced as `2n`, then nothing until the client goes away: a server that
+/// stops mid-body without closing.
+fn stalled(n: u64) -> Response<OriginBody> {
+    use futures_util::StreamExt;
+    let data = Bytes::from(vec![b'x'; usize::try_from(n).unwrap_or(0)]);
+    let frames = futures_util::stream::once(async move { Ok::<_, Infallible>(Frame::data(data)) })
+        .chain(futures_util::stream::pending());
+    let mut response = Response::new(BodyExt::boxed(StreamBody::new(frames)));
+    response
+        .headers_mut()
+        .insert(http::header::CONTENT_LENGTH, http::HeaderValue::from(2 * n));
+    response
 }
 
 fn text(body: String) -> Response<OriginBody> {

@@ -7,7 +7,8 @@
 //! closed, whatever PINGs or SETTINGS it sends meanwhile; while it has no open stream its slot may
 //! be reclaimed for a new client. So is a connection whose request streams all stopped moving for
 //! that long (a body that stops coming, a client whose flow-control window stays shut): only body
-//! bytes and new streams count as progress, not PINGs. A request is admitted (credentials,
+//! bytes and new streams count as progress, not PINGs; a stream whose vendor sends nothing
+//! mid-body for that long is reset on its own. A request is admitted (credentials,
 //! vendor, destination) on its header block, before any of its body is read. Every stream needs
 //! a vendor connection, taken from the global bound ([`crate::vendor`]); past it, a stream is
 //! answered 503 and counted.
@@ -920,6 +921,9 @@ fn respond(mut parts: ResponseParts) -> Response<ResponseBody> {
         buf: parts.raw,
         body: Body::new(parts.head.framing),
         reusable: keeps_alive && parts.reusable_request,
+        quiet_limit: parts.ctx.limits.client_idle_timeout,
+        quiet: None,
+        moved: false,
         pool: Some((parts.ctx, parts.vendor, parts.key)),
         exchange: Some(parts.exchange),
         guard: parts.guard,
@@ -936,6 +940,14 @@ struct VendorBody {
     buf: BytesMut,
     body: Body,
     reusable: bool,
+    /// How long the vendor may send nothing while the body waits on it (as for HTTP/1.1, an
+    /// exchange on which nothing moved for `limits.client_idle_timeout`): the stream is reset,
+    /// the connection's other streams go on.
+    quiet_limit: Duration,
+    /// The timer of that wait, armed when a read first waits on the vendor and moved on when
+    /// one waits again after bytes moved (`moved`).
+    quiet: Option<Pin<Box<tokio::time::Sleep>>>,
+    moved: bool,
     pool: Option<(Arc<Context>, VendorIndex, PoolKey)>,
     exchange: Option<Exchange>,
     guard: StreamGuard,
@@ -987,6 +999,7 @@ impl HttpBody for VendorBody {
                     let _ = this.body.advance(&data);
                     // Asked for more: the client's window had room for the last.
                     this.guard.moved();
+                    this.moved = true;
                     return Poll::Ready(Some(Ok(Frame::data(data))));
                 }
                 match this.body.advance_framing(&this.buf) {
@@ -1009,11 +1022,34 @@ impl HttpBody for VendorBody {
             if this.buf.capacity() - this.buf.len() < BODY_READ / 2 {
                 this.buf.reserve(BODY_READ);
             }
-            let read = ready!(tokio_util::io::poll_read_buf(
+            let read = match tokio_util::io::poll_read_buf(
                 Pin::new(&mut conn.stream.read),
                 cx,
-                &mut this.buf
-            ));
+                &mut this.buf,
+            ) {
+                Poll::Ready(read) => read,
+                Poll::Pending => {
+                    // Waiting on the vendor (the client's wait for window is not counted: the
+                    // timer moves on after every frame it took).
+                    let deadline = Instant::now() + this.quiet_limit;
+                    let quiet = match &mut this.quiet {
+                        Some(quiet) => {
+                            if std::mem::take(&mut this.moved) {
+                                quiet.as_mut().reset(deadline);
+                            }
+                            quiet
+                        }
+                        None => this
+                            .quiet
+                            .insert(Box::pin(tokio::time::sleep_until(deadline))),
+                    };
+                    if quiet.as_mut().poll(cx).is_pending() {
+                        return Poll::Pending;
+                    }
+                    this.finish(Some(Failure::Upstream(UpstreamErrorReason::Timeout).into()));
+                    return Poll::Ready(Some(Err(io::ErrorKind::TimedOut.into())));
+                }
+            };
             match read {
                 Ok(0) if this.body.opaque_run() == u64::MAX => {
                     this.finish(None);
@@ -1023,7 +1059,7 @@ impl HttpBody for VendorBody {
                     this.finish(Some(Failure::Upstream(UpstreamErrorReason::Reset).into()));
                     return Poll::Ready(Some(Err(io::ErrorKind::UnexpectedEof.into())));
                 }
-                Ok(_) => {}
+                Ok(_) => this.moved = true,
                 Err(e) => {
                     let kind = e.kind();
                     this.finish(Some(Error::new(

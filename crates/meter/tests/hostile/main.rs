@@ -313,6 +313,46 @@ async fn slow_and_silent_clients_are_closed_at_their_timeouts() {
         );
     }
 
+    // A vendor that stops mid-body on one stream while the connection's other streams go on:
+    // that stream is reset at the idle timeout, as an HTTP/1.1 exchange would be ended.
+    let mut client = h2raw::Client::connect(address).await;
+    client
+        .send(&h2raw::headers(1, &h2raw::get_fields(b"/stall/1000"), true))
+        .await;
+    let answered = client.outcome(1, limit).await;
+    let started = std::time::Instant::now();
+    let mut stalled = h2raw::Outcome::Silent;
+    let mut others = Vec::new();
+    for stream in (3..200u32).step_by(2) {
+        client
+            .send(&h2raw::headers(
+                stream,
+                &h2raw::get_fields(b"/bytes/1"),
+                true,
+            ))
+            .await;
+        others.push(client.outcome(stream, limit).await);
+        stalled = client.outcome(1, Duration::from_millis(150)).await;
+        if stalled != h2raw::Outcome::Silent || started.elapsed() > limit {
+            break;
+        }
+    }
+    let took = Some(started.elapsed());
+    check(
+        "an HTTP/2 stream whose vendor stops mid-body, beside busy ones",
+        answered == h2raw::Outcome::Answered(200, None)
+            && matches!(stalled, h2raw::Outcome::Reset(_))
+            && at(took, idle)
+            && others
+                .iter()
+                .all(|o| *o == h2raw::Outcome::Answered(200, None)),
+        format!(
+            "{answered:?}, then {stalled:?} after {took:?}; {} other streams, the last {:?}",
+            others.len(),
+            others.last()
+        ),
+    );
+
     // A keep-alive connection after its request: closed at the idle timeout.
     let mut stream = TcpStream::connect(address).await.unwrap();
     stream.write_all(request).await.unwrap();
@@ -367,7 +407,7 @@ async fn slow_and_silent_clients_are_closed_at_their_timeouts() {
         format!("logged after {took:?}: {line}"),
     );
     drop(stream);
-    harness::assert_none(&failures, 10);
+    harness::assert_none(&failures, 11);
     assert_eq!(
         harness::send(&world.meter, harness::HEALTHY).await.status,
         Some(200)

@@ -424,6 +424,9 @@ async fn connect(
         }
     };
     exchange.responded(200);
+    // Copied out here: the read buffer the answer came in must not live as long as the tunnel.
+    let start = Start::copied(&[], &leftover);
+    drop(leftover);
     let task_ctx = ctx.clone();
     ctx.drain.tasks.spawn(async move {
         let _guard = guard;
@@ -445,7 +448,7 @@ async fn connect(
             tokio::io::split(TokioIo::new(upgraded)),
             (vendor_read, vendor_write),
             exchange,
-            Start::copied(&[], &leftover),
+            start,
             tunnel::limits(
                 task_ctx.limits.tunnel_idle_timeout,
                 task_ctx.limits.sniff_timeout,

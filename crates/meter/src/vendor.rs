@@ -19,7 +19,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use http::HeaderValue;
 use pt_config::{LimitsConfig, SecurityConfig, Upstream, VendorConfig};
 use pt_metrics::caps::Name;
@@ -289,7 +289,10 @@ impl Vendors {
             .await?;
             match response.status {
                 // The destination's first bytes, if any (the relay's `Start` copies them out).
-                200..=299 => Ok(buf.split_off(response.len).freeze()),
+                200..=299 => {
+                    buf.advance(response.len);
+                    Ok(buf.freeze())
+                }
                 407 => Err(Failure::Upstream(UpstreamErrorReason::VendorAuth).into()),
                 status => Err(Failure::TunnelRefused(status).into()),
             }

@@ -97,13 +97,16 @@ pub(super) async fn relay(
         },
     )) = pumps
     {
-        // The response reader peeks, so nothing of the vendor's is buffered here.
+        // The response reader peeks, so nothing of the vendor's is buffered here. The client's
+        // read buffer is let go before the tunnel: it must not live as long as the tunnel.
+        let start = Start::copied(&client.buf, &[]);
+        drop(client.buf);
         captured
             .open_tunnel(
                 *exchange,
                 (client.io, client_write),
                 (vendor.io, vendor_write),
-                Start::copied(&client.buf, &[]),
+                start,
             )
             .await;
     }

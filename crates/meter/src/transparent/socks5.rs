@@ -47,12 +47,15 @@ pub(super) async fn relay(
     .await;
     match opened {
         Ok(Handshake::Tunnel(exchange)) => {
+            // The read buffers are let go before the tunnel: they must not live as long as it.
+            let start = Start::copied(&client.buf, &vendor.buf);
+            drop((client.buf, vendor.buf));
             captured
                 .open_tunnel(
                     exchange,
                     (client.io, client_write),
                     (vendor.io, vendor_write),
-                    Start::copied(&client.buf, &vendor.buf),
+                    start,
                 )
                 .await;
         }
